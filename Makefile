@@ -1,0 +1,68 @@
+# Qwen3-VL-4B-Instruct tutorial. Every target uses the current Python
+# (activate your venv / conda env first); nothing here creates a hidden venv.
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+# Offline demo mode: the tiny demo model, no model hub, no outside hosts.
+DEMO_ENV := QWEN3VL_MODEL=demo HF_HUB_OFFLINE=1 QWEN3VL_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+NOTEBOOKS := $(wildcard notebooks/[0-9][0-9]_*.ipynb)
+
+.PHONY: help setup setup-dev demo test serve bench lab lint format clean
+
+help:
+	@echo "make setup     install requirements.txt (+ torch only if it is missing)"
+	@echo "make demo      run every notebook on the demo model and print a table"
+	@echo "make test      pytest over tests/ and nbval over notebooks/ (demo model, offline)"
+	@echo "make serve     start the API server (QWEN3VL_MODEL=demo make serve without a GPU)"
+	@echo "make bench     measure the server (demo model unless QWEN3VL_MODEL is set)"
+	@echo "make lab       start JupyterLab on 127.0.0.1:8888"
+	@echo "make lint      ruff check + ruff format --check"
+	@echo "make clean     remove caches, executed notebooks and results"
+
+# torch/torchvision come from your image (AutoDL: PyTorch 2.8) and are never
+# replaced. Only when they cannot be imported at all do we install the pair
+# that these build machines hold locally.
+setup:
+	@if $(PYTHON) -c "import torch, torchvision" >/dev/null 2>&1; then \
+		$(PYTHON) -c "import torch, torchvision; print(f'torch {torch.__version__} / torchvision {torchvision.__version__} already installed: keeping them')"; \
+	else \
+		echo "torch/torchvision not importable: installing torch==2.14.1 torchvision==0.29.1"; \
+		$(PIP) install torch==2.14.1 torchvision==0.29.1; \
+	fi
+	$(PIP) install -q -r requirements.txt
+	$(PIP) install -q --no-deps -e .
+
+setup-dev: setup
+	$(PIP) install -q -r requirements-dev.txt
+
+demo: setup
+	$(DEMO_ENV) $(PYTHON) -m helpers.demo_model
+	$(DEMO_ENV) $(PYTHON) -m helpers.run_notebooks
+
+test: setup-dev
+	$(DEMO_ENV) $(PYTHON) -m pytest tests
+	@if [ -n "$(NOTEBOOKS)" ]; then \
+		$(DEMO_ENV) $(PYTHON) -m pytest --nbval-lax --nbval-cell-timeout=600 -p no:cacheprovider $(NOTEBOOKS); \
+	else \
+		echo "no notebooks yet: skipping the nbval half"; \
+	fi
+
+serve:
+	$(PYTHON) -m helpers.server
+
+bench:
+	$(PYTHON) -m helpers.bench
+
+lab:
+	$(PYTHON) -m jupyterlab --ip 127.0.0.1 --port 8888 --notebook-dir notebooks
+
+lint:
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
+
+format:
+	$(PYTHON) -m ruff check --fix .
+	$(PYTHON) -m ruff format .
+
+clean:
+	rm -rf build results .pytest_cache .ruff_cache notebooks/.ipynb_checkpoints
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

