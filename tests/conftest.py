@@ -28,3 +28,96 @@ def demo_model_and_processor(demo_checkpoint):
     processor = AutoProcessor.from_pretrained(demo_checkpoint)
     model = Qwen3VLForConditionalGeneration.from_pretrained(demo_checkpoint).eval()
     return model, processor
+
+
+@pytest.fixture(scope="session")
+def engine(demo_checkpoint, tmp_path_factory):
+    """The demo model behind the real Engine, allowed to read files from a temp media folder."""
+    from helpers.config import Settings
+    from helpers.engine import Engine
+
+    media = tmp_path_factory.mktemp("media")
+    settings = Settings.from_env({}, model="demo", allowed_local_media_path=[media])
+    return Engine.load(settings, verbose=False)
+
+
+@pytest.fixture(scope="session")
+def media_dir(engine) -> Path:
+    return engine.settings.allowed_local_media_path[0]
+
+
+def write_clip(path: Path, seconds: float = 3.0, fps: int = 8, size: tuple[int, int] = (128, 96)) -> Path:
+    """Encode a small H.264 clip with PyAV: a white bar moving right, a top strip whose red is 8 x index."""
+    import av
+    import numpy as np
+
+    width, height = size
+    with av.open(str(path), "w") as box:
+        stream = box.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for i in range(round(seconds * fps)):
+            frame = np.zeros((height, width, 3), np.uint8)
+            frame[:, :, 0] = min(255, i * 8)
+            x = (i * 4) % (width - 16)
+            frame[16:, x : x + 16] = 255
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                box.mux(packet)
+        for packet in stream.encode():
+            box.mux(packet)
+    return path
+
+
+def write_image(path: Path, size: tuple[int, int] = (320, 240), color=(200, 30, 30)) -> Path:
+    from PIL import Image
+
+    Image.new("RGB", size, color).save(path)
+    return path
+
+
+class MediaServer:
+    """A real HTTP server on 127.0.0.1 serving canned responses, recording every request path."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.routes: dict[str, tuple[int, dict[str, str], bytes]] = {}
+        self.hits: list[str] = []
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                owner.hits.append(self.path)
+                status, headers, body = owner.routes.get(self.path, (404, {}, b"not found"))
+                self.send_response(status)
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def add(self, path: str, body: bytes, status: int = 200, **headers: str) -> str:
+        self.routes[path] = (status, {k.replace("_", "-"): v for k, v in headers.items()}, body)
+        return self.url(path)
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def media_server():
+    server = MediaServer()
+    yield server
+    server.close()

@@ -1,0 +1,195 @@
+"""What an image or a video costs: visual tokens, KV-cache memory, and whether it fits the GPU.
+
+The engine resizes every picture and frame to exactly the size these functions
+compute, so the numbers shown in the notebooks are the numbers the model sees.
+
+Qwen3-VL cuts pictures into 16x16 patches and merges 2x2 patches into one
+token, so **one visual token covers 32x32 pixels**. Videos additionally merge
+2 consecutive frames (temporal patch 2), so two frames cost as much as one
+picture of the same size.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from qwen_vl_utils import smart_resize
+
+PATCH_SIZE = 16
+MERGE_SIZE = 2
+TEMPORAL_PATCH_SIZE = 2
+FACTOR = PATCH_SIZE * MERGE_SIZE  # 32: side of the pixel square behind one visual token
+PIXELS_PER_TOKEN = FACTOR * FACTOR
+GIB = 1024**3
+# Besides weights and KV cache: CUDA context, vision-encoder activations,
+# logits and allocator slack. A deliberately round, generous figure.
+RUNTIME_OVERHEAD_BYTES = int(2.0 * GIB)
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The numbers of a model that decide its memory use."""
+
+    name: str
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    num_parameters: int
+    bytes_per_value: int = 2  # bf16
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        # keys and values, for every layer and KV head
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * self.bytes_per_value
+
+    @property
+    def weight_bytes(self) -> int:
+        return self.num_parameters * self.bytes_per_value
+
+    def kv_cache_bytes(self, tokens: int) -> int:
+        return tokens * self.kv_bytes_per_token
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, bytes_per_value: int = 2) -> ModelShape:
+        """Read the shape from a checkpoint folder (config.json + safetensors sizes)."""
+        folder = Path(folder)
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        text = config.get("text_config", config)
+        heads = text["num_attention_heads"]
+        head_dim = text.get("head_dim") or text["hidden_size"] // heads
+        stored_bytes = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
+        stored_dtype = str(text.get("dtype") or config.get("dtype") or config.get("torch_dtype") or "float32")
+        stored_width = 4 if "32" in stored_dtype else 2
+        return cls(
+            name=folder.name,
+            num_layers=text["num_hidden_layers"],
+            num_kv_heads=text.get("num_key_value_heads", heads),
+            head_dim=head_dim,
+            num_parameters=stored_bytes // stored_width,
+            bytes_per_value=bytes_per_value,
+        )
+
+
+# The published configuration of Qwen3-VL-4B-Instruct (36 layers, 8 KV heads of
+# 128; about 4.44 B parameters, ~8.9 GB in bf16), so notebooks can show its
+# arithmetic in demo mode.
+QWEN3_VL_4B = ModelShape(
+    name="Qwen3-VL-4B-Instruct", num_layers=36, num_kv_heads=8, head_dim=128, num_parameters=4_440_000_000
+)
+
+
+@dataclass(frozen=True)
+class ImageCost:
+    width: int  # size handed to the model
+    height: int
+    tokens: int
+
+
+@dataclass(frozen=True)
+class VideoCost:
+    frames: int  # frames sampled (a multiple of 2)
+    sample_fps: float  # frames per second actually sampled
+    width: int  # per-frame size handed to the model
+    height: int
+    tokens: int
+
+
+def image_cost(width: int, height: int, min_pixels: int, max_pixels: int) -> ImageCost:
+    """The size a ``width`` x ``height`` picture is resized to, and its visual tokens."""
+    new_h, new_w = budget_resize(width, height, min_pixels, max_pixels)
+    return ImageCost(width=new_w, height=new_h, tokens=new_w * new_h // PIXELS_PER_TOKEN)
+
+
+def budget_resize(width: int, height: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """(height, width) in multiples of 32 with the aspect ratio kept and the area within the budget."""
+    new_h, new_w = smart_resize(height, width, factor=FACTOR, min_pixels=min_pixels, max_pixels=max_pixels)
+    if new_h * new_w > max_pixels:
+        # Scaling *up* to min_pixels rounds up and can overshoot a max that is
+        # close to it; the maximum wins.
+        new_h, new_w = smart_resize(
+            height, width, factor=FACTOR, min_pixels=PIXELS_PER_TOKEN, max_pixels=max_pixels
+        )
+    return new_h, new_w
+
+
+def plan_frames(duration: float, fps: float, max_frames: int) -> tuple[int, float]:
+    """How many frames to sample from ``duration`` seconds at ``fps``, capped at ``max_frames``.
+
+    Returns ``(frames, sample_fps)``; frames is even (the model merges frame pairs)
+    and at least 2. When the cap bites, frames are spread evenly over the clip
+    and ``sample_fps`` drops accordingly.
+    """
+    wanted = max(1, math.floor(duration * fps + 1e-6))
+    cap = max(TEMPORAL_PATCH_SIZE, max_frames - max_frames % TEMPORAL_PATCH_SIZE)
+    frames = min(wanted, cap)
+    frames = max(TEMPORAL_PATCH_SIZE, frames + frames % TEMPORAL_PATCH_SIZE)
+    frames = min(frames, cap)
+    sample_fps = fps if frames >= wanted else frames / duration if duration > 0 else fps
+    return frames, sample_fps
+
+
+def video_cost(
+    duration: float,
+    width: int,
+    height: int,
+    fps: float,
+    min_pixels: int,
+    max_pixels: int,
+    max_frames: int,
+) -> VideoCost:
+    """Frames, per-frame size and visual tokens of a clip under the given budgets."""
+    frames, sample_fps = plan_frames(duration, fps, max_frames)
+    new_h, new_w = budget_resize(width, height, min_pixels, max_pixels)
+    tokens = (frames // TEMPORAL_PATCH_SIZE) * (new_w * new_h // PIXELS_PER_TOKEN)
+    return VideoCost(frames=frames, sample_fps=sample_fps, width=new_w, height=new_h, tokens=tokens)
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    weights: int
+    kv_cache: int
+    overhead: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.kv_cache + self.overhead
+
+    def fits(self, gpu_bytes: int) -> bool:
+        return self.total <= gpu_bytes
+
+    def describe(self) -> str:
+        return (
+            f"weights {self.weights / GIB:.2f} GiB + KV cache {self.kv_cache / GIB:.2f} GiB"
+            f" + overhead {self.overhead / GIB:.2f} GiB = {self.total / GIB:.2f} GiB"
+        )
+
+
+def memory_estimate(shape: ModelShape, context_tokens: int) -> MemoryEstimate:
+    """GPU memory for the weights plus one request of ``context_tokens`` (prompt + answer)."""
+    return MemoryEstimate(
+        weights=shape.weight_bytes,
+        kv_cache=shape.kv_cache_bytes(context_tokens),
+        overhead=RUNTIME_OVERHEAD_BYTES,
+    )
+
+
+def max_request_tokens(settings, prompt_text_tokens: int = 1024) -> int:
+    """Tokens in the largest request the settings allow: every image and video at full budget."""
+    image_tokens = settings.max_images_per_request * (settings.image_max_pixels // PIXELS_PER_TOKEN)
+    frames = settings.video_max_frames - settings.video_max_frames % TEMPORAL_PATCH_SIZE
+    video_tokens = (
+        settings.max_videos_per_request
+        * (frames // TEMPORAL_PATCH_SIZE)
+        * (settings.video_max_pixels // PIXELS_PER_TOKEN)
+    )
+    return image_tokens + video_tokens + prompt_text_tokens + settings.max_new_tokens_limit
+
+
+def format_bytes(n: int) -> str:
+    for unit, size in (("GiB", GIB), ("MiB", 1024**2), ("KiB", 1024)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n} B"

@@ -1,0 +1,450 @@
+"""The inference engine: load Qwen3-VL once, then ``chat`` / ``stream_chat`` about text, images and videos.
+
+Notebooks, the server and the benchmark all call this one class::
+
+    engine = Engine.load()                      # settings from QWEN3VL_* variables
+    result = engine.chat([{"role": "user", "content": "你好"}], max_new_tokens=64)
+    for piece in (stream := engine.stream_chat(messages)):
+        print(piece, end="")
+    stream.result.usage
+
+Nothing is loaded at import time.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from queue import Queue
+from typing import Any
+
+import torch
+
+from helpers.config import Settings
+from helpers.errors import RequestError
+from helpers.messages import normalize_messages
+
+MAX_STOP_SEQUENCES = 4
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+# ----------------------------------------------------------------- parameters
+@dataclass(frozen=True)
+class SamplingParams:
+    """Validated generation parameters; ``None`` means "the model's generation_config default"."""
+
+    max_new_tokens: int
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    @classmethod
+    def build(
+        cls,
+        settings: Settings,
+        max_new_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        seed: int | None = None,
+        stop: str | list[str] | tuple[str, ...] | None = None,
+    ) -> SamplingParams:
+        """Check every parameter and raise :class:`RequestError` with the rule it broke."""
+        if max_new_tokens is None:
+            max_new_tokens = settings.default_max_new_tokens
+        _check_int("max_tokens", max_new_tokens, 1, settings.max_new_tokens_limit)
+        if temperature is not None:
+            _check_number("temperature", temperature, 0.0, 2.0)
+        if top_p is not None:
+            _check_number("top_p", top_p, 0.0, 1.0)
+            if top_p == 0:
+                raise RequestError(
+                    "top_p must be greater than 0 (use temperature=0 for greedy)", param="top_p"
+                )
+        if top_k is not None:
+            _check_int("top_k", top_k, -1, 1_000_000)
+            top_k = 0 if top_k == -1 else top_k  # -1 (vLLM) and 0 (transformers) both mean "off"
+        if seed is not None:
+            _check_int("seed", seed, 0, 2**63 - 1)
+        if isinstance(stop, str):
+            stop = [stop]
+        stop = tuple(stop or ())
+        if len(stop) > MAX_STOP_SEQUENCES or not all(isinstance(s, str) and s for s in stop):
+            raise RequestError(
+                f"stop must be a non-empty string or a list of at most {MAX_STOP_SEQUENCES} non-empty"
+                " strings",
+                param="stop",
+            )
+        return cls(max_new_tokens, temperature, top_p, top_k, seed, stop)
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens}
+        if self.greedy:
+            return {**kwargs, "do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        given = {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k}
+        given = {k: v for k, v in given.items() if v is not None}
+        if given:  # anything given means sampling; what is left out keeps the model's default
+            kwargs["do_sample"] = True
+        return {**kwargs, **given}
+
+
+def _check_number(name: str, value: Any, low: float, high: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise RequestError(f"{name} must be a number, got {value!r}", param=name)
+    if not low <= value <= high:
+        raise RequestError(f"{name} must be between {low:g} and {high:g}, got {value}", param=name)
+
+
+def _check_int(name: str, value: Any, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RequestError(f"{name} must be an integer, got {value!r}", param=name)
+    if not low <= value <= high:
+        raise RequestError(f"{name} must be between {low} and {high}, got {value}", param=name)
+
+
+# -------------------------------------------------------------------- results
+@dataclass
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def as_dict(self) -> dict[str, int]:
+        return {**asdict(self), "total_tokens": self.total_tokens}
+
+
+@dataclass
+class ChatResult:
+    text: str
+    finish_reason: str  # "stop" (end of answer or a stop string) or "length" (max_new_tokens)
+    usage: Usage
+    seconds: float = 0.0
+    first_token_seconds: float | None = None
+
+
+@dataclass
+class Prepared:
+    """Model inputs for one conversation, ready for ``generate``."""
+
+    inputs: Any  # transformers BatchFeature
+    prompt: str
+
+    @property
+    def prompt_tokens(self) -> int:
+        return int(self.inputs["input_ids"].shape[1])
+
+
+class _TokenQueue:
+    """A transformers streamer: hands each new token id to the consumer thread."""
+
+    def __init__(self) -> None:
+        self.queue: Queue[list[int] | None] = Queue()
+        self._prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self._prompt_seen:  # generate() first passes the prompt itself
+            self._prompt_seen = True
+            return
+        self.queue.put(value.reshape(-1).tolist())
+
+    def end(self) -> None:
+        self.queue.put(None)
+
+
+class _StopWatch:
+    """Stopping criterion: a stop string appeared, or the consumer cancelled."""
+
+    def __init__(self, tokenizer, prompt_tokens: int, stops: tuple[str, ...], cancelled: threading.Event):
+        self.tokenizer = tokenizer
+        self.prompt_tokens = prompt_tokens
+        self.stops = stops
+        # A stop string of n characters spans at most ~3n byte-level tokens.
+        self.window = 3 * max((len(s) for s in stops), default=0) + 4
+        self.cancelled = cancelled
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        done = self.cancelled.is_set()
+        if not done and self.stops:
+            new = input_ids[0, self.prompt_tokens :][-self.window :]
+            tail = self.tokenizer.decode(new, skip_special_tokens=True)
+            done = any(stop in tail for stop in self.stops)
+        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
+
+
+def cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
+    """``text`` up to the first stop string, and whether one was found."""
+    positions = [text.find(s) for s in stops if s in text]
+    return (text[: min(positions)], True) if positions else (text, False)
+
+
+class ChatStream:
+    """Text pieces of an answer as they are generated; ``result`` is set when it ends.
+
+    Iterate it once. ``cancel()`` (or leaving the loop early) stops the
+    generation at the next token and frees the model.
+    """
+
+    def __init__(self, engine: Engine, prepared: Prepared, params: SamplingParams) -> None:
+        self.engine = engine
+        self.prepared = prepared
+        self.params = params
+        self.result: ChatResult | None = None
+        self._cancelled = threading.Event()
+        self._tokens = _TokenQueue()
+        self._error: BaseException | None = None
+        self._started = time.perf_counter()
+        self._thread = threading.Thread(target=self._generate, name="qwen3vl-generate", daemon=True)
+        self._thread.start()
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the generation thread has finished; True when it has."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _generate(self) -> None:
+        try:
+            self.engine._run_generate(self.prepared, self.params, self._tokens, self._cancelled)
+        except BaseException as exc:  # handed to the consumer, re-raised there
+            self._error = exc
+        finally:
+            self._tokens.end()
+
+    def __iter__(self) -> Iterator[str]:
+        tokenizer = self.engine.processor.tokenizer
+        stops = self.params.stop
+        hold = max((len(s) for s in stops), default=1) - 1  # a stop string may still be forming
+        ids: list[int] = []
+        sent = 0
+        first_token_at = None
+        stopped = False
+        try:
+            while (new := self._tokens.queue.get()) is not None:
+                first_token_at = first_token_at or time.perf_counter()
+                ids.extend(new)
+                text, stopped = cut_at_stop(tokenizer.decode(ids, skip_special_tokens=True), stops)
+                safe = len(text) if stopped else len(text) - hold
+                while safe > sent and text[safe - 1] == "\ufffd":  # half of a multi-byte character
+                    safe -= 1
+                if safe > sent:
+                    yield text[sent:safe]
+                    sent = safe
+            if self._error is not None:
+                raise self._error
+            text, stopped = cut_at_stop(tokenizer.decode(ids, skip_special_tokens=True), stops)
+            if len(text) > sent:
+                yield text[sent:]
+            eos = set(self.engine.eos_token_ids)
+            ended = stopped or (bool(ids) and ids[-1] in eos) or len(ids) < self.params.max_new_tokens
+            now = time.perf_counter()
+            self.result = ChatResult(
+                text=text,
+                finish_reason="stop" if ended else "length",
+                usage=Usage(self.prepared.prompt_tokens, len(ids)),
+                seconds=now - self._started,
+                first_token_seconds=(first_token_at - self._started) if first_token_at else None,
+            )
+        finally:
+            self.cancel()  # no-op when finished; stops generation if the consumer left early
+
+    def text(self) -> ChatResult:
+        """Consume the stream and return the finished result."""
+        for _ in self:
+            pass
+        assert self.result is not None
+        return self.result
+
+
+# --------------------------------------------------------------------- engine
+def choose_device(setting: str) -> str:
+    if setting == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if setting.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("QWEN3VL_DEVICE asks for CUDA but torch sees no GPU; use QWEN3VL_DEVICE=cpu")
+    return setting
+
+
+def choose_dtype(setting: str, device: str) -> torch.dtype:
+    if setting != "auto":
+        return DTYPES[setting]
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32  # CPUs are slow and sometimes wrong in half precision
+
+
+def choose_attention(device: str) -> str:
+    if device.startswith("cuda") and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+@dataclass
+class Engine:
+    """A loaded model + processor and the settings that govern its inputs."""
+
+    model: Any
+    processor: Any
+    settings: Settings
+    model_path: Path
+    device: str
+    dtype: torch.dtype
+    attention: str
+    load_seconds: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @classmethod
+    def load(cls, settings: Settings | None = None, verbose: bool = True, **overrides: Any) -> Engine:
+        """Load the configured model (``settings`` or ``QWEN3VL_*`` variables, plus overrides)."""
+        from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
+
+        settings = settings or Settings.from_env()
+        if overrides:
+            settings = settings.replace(**overrides)
+        path = settings.resolve_model_path()
+        device = choose_device(settings.device)
+        dtype = choose_dtype(settings.dtype, device)
+        attention = choose_attention(device)
+        start = time.perf_counter()
+        processor = AutoProcessor.from_pretrained(path)
+        model = Qwen3VLForConditionalGeneration.from_pretrained(
+            path, dtype=dtype, attn_implementation=attention, device_map=device
+        ).eval()
+        engine = cls(model, processor, settings, path, device, dtype, attention, time.perf_counter() - start)
+        if verbose:
+            print(engine.describe())
+        return engine
+
+    # ------------------------------------------------------------- facts
+    @property
+    def is_demo(self) -> bool:
+        return self.settings.is_demo
+
+    @property
+    def model_name(self) -> str:
+        return self.settings.model
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        eos = self.model.generation_config.eos_token_id
+        return list(eos) if isinstance(eos, (list, tuple)) else [eos]
+
+    def weight_bytes(self) -> int:
+        return sum(p.numel() * p.element_size() for p in self.model.parameters())
+
+    def info(self) -> dict[str, Any]:
+        """What is loaded, for banners and ``/health``."""
+        facts: dict[str, Any] = {
+            "model": self.model_name,
+            "model_path": str(self.model_path),
+            "device": self.device,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "attention": self.attention,
+            "demo": self.is_demo,
+            "weights_gib": round(self.weight_bytes() / 1024**3, 3),
+        }
+        if self.device.startswith("cuda"):
+            facts["gpu"] = torch.cuda.get_device_name(self.device)
+            facts["gpu_memory_allocated_gib"] = round(torch.cuda.memory_allocated(self.device) / 1024**3, 2)
+        return facts
+
+    def describe(self) -> str:
+        info = self.info()
+        lines = [
+            f"模型 {info['model']} 已加载（{self.load_seconds:.1f} s）",
+            f"  路径: {info['model_path']}",
+            f"  设备: {info['device']}  精度: {info['dtype']}  注意力实现: {info['attention']}",
+            f"  权重占用: {info['weights_gib']:.3f} GiB",
+        ]
+        if "gpu" in info:
+            lines.append(f"  GPU: {info['gpu']}，已分配显存 {info['gpu_memory_allocated_gib']} GiB")
+        if self.is_demo:
+            lines.append("  ⚠️ 演示模型（随机权重）：回答是噪声，只用来演示流程")
+        return "\n".join(lines)
+
+    # ------------------------------------------------------------- inputs
+    def prepare(self, messages: Any) -> Prepared:
+        """Normalise ``messages``, load their media and build model inputs (no generation)."""
+        from qwen_vl_utils import process_vision_info
+
+        qwen_messages = normalize_messages(messages, self.settings)
+        prompt = self.processor.apply_chat_template(qwen_messages, tokenize=False, add_generation_prompt=True)
+        images, videos, video_kwargs = process_vision_info(
+            qwen_messages, image_patch_size=16, return_video_kwargs=True, return_video_metadata=True
+        )
+        metadata = None
+        if videos:
+            videos, metadata = map(list, zip(*videos, strict=True))
+            video_kwargs["cap_pixels_per_frame"] = True  # the qwen-vl-utils behaviour; silences a warning
+        inputs = self.processor(
+            text=[prompt],
+            images=images,
+            videos=videos,
+            video_metadata=metadata,
+            do_resize=False,  # already resized to the budgets by helpers.messages
+            return_tensors="pt",
+            **video_kwargs,
+        )
+        return Prepared(inputs=inputs.to(self.model.device), prompt=prompt)
+
+    # --------------------------------------------------------- generation
+    def stream_chat(self, messages: Any, **params: Any) -> ChatStream:
+        """Start answering ``messages``; iterate the result for text pieces.
+
+        Parameters (all optional): ``max_new_tokens``, ``temperature`` (0 = greedy),
+        ``top_p``, ``top_k``, ``seed``, ``stop``. Bad input raises :class:`RequestError`
+        before anything is generated.
+        """
+        checked = SamplingParams.build(self.settings, **params)
+        return ChatStream(self, self.prepare(messages), checked)
+
+    def chat(self, messages: Any, **params: Any) -> ChatResult:
+        """Answer ``messages`` and return text, finish reason and token usage."""
+        return self.stream_chat(messages, **params).text()
+
+    def _run_generate(
+        self, prepared: Prepared, params: SamplingParams, streamer: _TokenQueue, cancelled: threading.Event
+    ) -> None:
+        from transformers import StoppingCriteriaList
+
+        watch = _StopWatch(self.processor.tokenizer, prepared.prompt_tokens, params.stop, cancelled)
+        with self._lock:  # one generation at a time on this model
+            if cancelled.is_set():
+                return
+            if params.seed is not None:
+                torch.manual_seed(params.seed)
+            try:
+                with torch.inference_mode():
+                    self.model.generate(
+                        **prepared.inputs,
+                        **params.generate_kwargs(),
+                        streamer=streamer,
+                        stopping_criteria=StoppingCriteriaList([watch]),
+                    )
+            except torch.OutOfMemoryError:
+                torch.cuda.empty_cache()
+                raise RequestError(
+                    "the GPU ran out of memory for this request: send fewer or smaller images/videos, "
+                    "lower max_pixels / fps, or lower max_tokens",
+                    status_code=413,
+                    code="out_of_memory",
+                ) from None

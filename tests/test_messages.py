@@ -1,0 +1,134 @@
+"""Message normalisation: every part type, budgets, and bad shapes."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import write_clip, write_image
+from PIL import Image
+
+from helpers.config import Settings
+from helpers.errors import RequestError
+from helpers.messages import normalize_messages, pixel_budget
+
+
+@pytest.fixture
+def settings(tmp_path):
+    write_image(tmp_path / "photo.png", size=(640, 480))
+    write_clip(tmp_path / "clip.mp4", seconds=2.0, fps=8)
+    return Settings.from_env({}, model="demo", allowed_local_media_path=[tmp_path])
+
+
+def user(*parts):
+    return [{"role": "user", "content": list(parts)}]
+
+
+def test_plain_string_content_and_history_pass_through(settings):
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": None},
+        {"role": "developer", "content": "Answer in Chinese."},
+        {"role": "user", "content": [{"type": "text", "text": "Again"}]},
+    ]
+    out = normalize_messages(messages, settings)
+    assert [m["role"] for m in out] == ["system", "user", "assistant", "system", "user"]
+    assert out[2]["content"] == "" and out[4]["content"] == [{"type": "text", "text": "Again"}]
+
+
+@pytest.mark.parametrize(
+    "part",
+    [
+        {"type": "image", "image": "photo.png"},
+        {"image": "photo.png"},
+        {"type": "image_url", "image_url": {"url": "photo.png"}},
+        {"type": "image_url", "image_url": "photo.png"},
+    ],
+)
+def test_every_image_part_shape_becomes_a_qwen_image_part(settings, part):
+    (out,) = normalize_messages(user(part, {"type": "text", "text": "?"}), settings)
+    image_part = out["content"][0]
+    assert image_part["type"] == "image" and isinstance(image_part["image"], Image.Image)
+    assert (image_part["resized_width"], image_part["resized_height"]) == (640, 480)
+
+
+@pytest.mark.parametrize(
+    "part",
+    [
+        {"type": "video", "video": "clip.mp4", "fps": 2},
+        {"video": "clip.mp4", "fps": 2},
+        {"type": "video_url", "video_url": {"url": "clip.mp4"}},
+    ],
+)
+def test_every_video_part_shape_becomes_sampled_frames(settings, part):
+    (out,) = normalize_messages(user(part), settings)
+    video = out["content"][0]
+    assert video["type"] == "video" and len(video["video"]) == 4  # 2 s at 2 fps (the default)
+    assert video["sample_fps"] == video["raw_fps"] == 2.0
+    # 128x96 frames are scaled up to the video minimum of 128 tokens
+    assert video["resized_width"] * video["resized_height"] >= settings.video_min_pixels
+
+
+def test_request_budgets_can_lower_but_never_raise_the_server_budget(settings):
+    small = {"type": "image", "image": "photo.png", "max_pixels": 64 * 32 * 32}
+    (out,) = normalize_messages(user(small), settings)
+    assert out["content"][0]["resized_width"] * out["content"][0]["resized_height"] <= 64 * 32 * 32
+    huge = {"type": "image", "image": "photo.png", "min_pixels": 10**9, "max_pixels": 10**9}
+    (out,) = normalize_messages(user(huge), settings)
+    assert (
+        out["content"][0]["resized_width"] * out["content"][0]["resized_height"] <= settings.image_max_pixels
+    )
+
+
+def test_pixel_budget_arithmetic():
+    assert pixel_budget(None, None, 100_000, 1_000_000, "image") == (100_000, 1_000_000)
+    assert pixel_budget(None, 50_000, 100_000, 1_000_000, "image") == (50_000, 50_000)
+    assert pixel_budget(2_000, 5_000_000, 100_000, 1_000_000, "image") == (2_000, 1_000_000)
+
+
+@pytest.mark.parametrize(
+    ("messages", "param", "match"),
+    [
+        ([], "messages", "non-empty list"),
+        ("hello", "messages", "non-empty list"),
+        (["hello"], "messages[0]", "must be an object"),
+        ([{"role": "robot", "content": "hi"}], "messages[0].role", "must be one of"),
+        ([{"role": "user", "content": 42}], "messages[0].content", "string or a list"),
+        ([{"role": "system", "content": "only a system prompt"}], "messages", "at least one user message"),
+        (user({"type": "audio", "audio": "a.wav"}), "messages[0].content[0].type", "unsupported type"),
+        (user({"type": "text", "text": 5}), "messages[0].content[0].text", "must be a string"),
+        (user({"type": "image_url", "image_url": {}}), "messages[0].content[0].image_url", "non-empty url"),
+        (user({"type": "image", "image": ""}), "messages[0].content[0]", "non-empty string"),
+        (
+            user({"type": "image", "image": "photo.png", "max_pixels": 10}),
+            "messages[0].content[0]",
+            ">= 1024",
+        ),
+        (user({"type": "video", "video": "clip.mp4", "fps": 0}), "messages[0].content[0]", "fps must be"),
+        (
+            user({"type": "video", "video": "clip.mp4", "fps": "fast"}),
+            "messages[0].content[0]",
+            "fps must be",
+        ),
+        (user(*[{"type": "image", "image": "photo.png"}] * 5), "messages[0].content[4]", "at most 4"),
+        (user(*[{"type": "video", "video": "clip.mp4"}] * 2), "messages[0].content[1]", "at most 1"),
+        (
+            [
+                {"role": "assistant", "content": [{"type": "image", "image": "photo.png"}]},
+                {"role": "user", "content": "?"},
+            ],
+            "messages[0].content[0]",
+            "only accepted in user messages",
+        ),
+    ],
+)
+def test_bad_messages_name_the_offending_field(settings, messages, param, match):
+    with pytest.raises(RequestError, match=match) as info:
+        normalize_messages(messages, settings)
+    assert info.value.param == param
+    assert 400 <= info.value.status_code < 500
+
+
+def test_extreme_aspect_ratio_is_refused(settings, tmp_path):
+    write_image(tmp_path / "strip.png", size=(5000, 10))
+    with pytest.raises(RequestError, match="aspect ratio"):
+        normalize_messages(user({"type": "image", "image": "strip.png"}), settings)
