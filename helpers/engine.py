@@ -13,11 +13,12 @@ Nothing is loaded at import time.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import math
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from queue import Queue
@@ -198,11 +199,19 @@ class ChatStream:
     generation at the next token and frees the model.
     """
 
-    def __init__(self, engine: Engine, prepared: Prepared, params: SamplingParams) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        prepared: Prepared,
+        params: SamplingParams,
+        on_finish: Callable[[ChatStream], None] | None = None,
+    ) -> None:
         self.engine = engine
+        self._on_finish = on_finish
         self.prepared = prepared
         self.params = params
         self.result: ChatResult | None = None
+        self.stopped_early = False  # generation ended because of cancel()
         self._cancelled = threading.Event()
         self._tokens = _TokenQueue()
         self._error: BaseException | None = None
@@ -225,10 +234,13 @@ class ChatStream:
     def _generate(self) -> None:
         try:
             self.engine._run_generate(self.prepared, self.params, self._tokens, self._cancelled)
+            self.stopped_early = self._cancelled.is_set()
         except BaseException as exc:  # handed to the consumer, re-raised there
             self._error = exc
         finally:
             self._tokens.end()
+            if self._on_finish is not None:
+                self._on_finish(self)
 
     def __iter__(self) -> Iterator[str]:
         tokenizer = self.engine.processor.tokenizer
@@ -334,6 +346,10 @@ class Engine:
             print(engine.describe())
         return engine
 
+    def with_settings(self, **changes: Any) -> Engine:
+        """The same loaded model under other settings (e.g. other media folders); shares the lock."""
+        return dataclasses.replace(self, settings=self.settings.replace(**changes))
+
     # ------------------------------------------------------------- facts
     @property
     def is_demo(self) -> bool:
@@ -415,7 +431,19 @@ class Engine:
         before anything is generated.
         """
         checked = SamplingParams.build(self.settings, **params)
-        return ChatStream(self, self.prepare(messages), checked)
+        return self.start(self.prepare(messages), checked)
+
+    def start(
+        self,
+        prepared: Prepared,
+        params: SamplingParams,
+        on_finish: Callable[[ChatStream], None] | None = None,
+    ) -> ChatStream:
+        """Start generating for inputs already prepared (the server prepares before queueing).
+
+        ``on_finish`` runs in the generation thread once the model is free again.
+        """
+        return ChatStream(self, prepared, params, on_finish)
 
     def chat(self, messages: Any, **params: Any) -> ChatResult:
         """Answer ``messages`` and return text, finish reason and token usage."""

@@ -1,0 +1,233 @@
+"""Start the API server in the background from a notebook or a test, wait for it, and stop it.
+
+    server = start_server(model="demo", port=6006)   # returns once /health says ok
+    ...                                              # call server.base_url
+    stop_server(server)                              # TERM, then KILL; the port is free again
+
+The server runs in its own process group with a log file and a pid file under
+``build/server/``. Starting again on the same port first stops a server that
+an earlier kernel left behind (found through its pid file); a port held by
+anything else is refused with a clear message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RUN_DIR = REPO_ROOT / "build" / "server"
+
+
+@dataclass
+class ServerProcess:
+    """A server started by :func:`start_server`."""
+
+    pid: int
+    host: str
+    port: int
+    log_path: Path
+    pid_path: Path
+    process: subprocess.Popen | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def log_tail(self, lines: int = 40) -> str:
+        return log_tail(self.log_path, lines)
+
+
+def log_tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log yet)"
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nobody listens on right now (for tests and parallel notebooks)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def health(base_url: str, timeout: float = 2.0) -> tuple[int, dict]:
+    """(status code, body) of ``GET /health``; (0, {}) when nothing answers."""
+    try:
+        with urllib.request.urlopen(f"{base_url}/health", timeout=timeout) as response:
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        try:
+            return exc.code, json.loads(exc.read() or b"{}")
+        except ValueError:
+            return exc.code, {}
+    except (OSError, ValueError):
+        return 0, {}
+
+
+def _pid_path(port: int, run_dir: Path) -> Path:
+    return run_dir / f"server-{port}.pid"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _is_our_server(pid: int) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+    except OSError:
+        return _alive(pid)  # no /proc (macOS): trust the pid file
+    return b"helpers.server" in cmdline
+
+
+def stop_leftover(port: int, run_dir: Path = RUN_DIR) -> bool:
+    """Stop a server an earlier kernel started on ``port`` (per its pid file). True if one was stopped."""
+    pid_path = _pid_path(port, run_dir)
+    if not pid_path.exists():
+        return False
+    try:
+        pid = int(pid_path.read_text().split()[0])
+    except (ValueError, IndexError):
+        pid_path.unlink(missing_ok=True)
+        return False
+    stopped = False
+    if _alive(pid) and _is_our_server(pid):
+        _terminate_group(pid)
+        stopped = True
+    pid_path.unlink(missing_ok=True)
+    return stopped
+
+
+def start_server(
+    model: str | None = None,
+    port: int = 6006,
+    host: str = "127.0.0.1",
+    extra_args: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+    timeout: float = 300.0,
+    run_dir: Path = RUN_DIR,
+) -> ServerProcess:
+    """Start ``python -m helpers.server`` in the background and wait until ``/health`` is ok.
+
+    Raises ``RuntimeError`` with the end of the server log if it exits or is not
+    ready within ``timeout`` seconds, and when ``port`` is taken by another program.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if stop_leftover(port, run_dir):
+        print(f"stopped a server left on port {port} by an earlier run")
+    _wait_port_free(host, port, 10.0)
+    if not port_is_free(host, port):
+        raise RuntimeError(
+            f"port {port} is already used by another program; stop it (e.g. `fuser -k {port}/tcp`) "
+            f"or choose another port"
+        )
+    log_path = run_dir / f"server-{port}.log"
+    command = [sys.executable, "-m", "helpers.server", "--host", host, "--port", str(port), *extra_args]
+    if model:
+        command += ["--model", model]
+    child_env = {**os.environ, **(env or {})}
+    child_env.setdefault("PYTHONUNBUFFERED", "1")
+    with open(log_path, "w", encoding="utf-8") as log:
+        process = subprocess.Popen(
+            command,
+            cwd=REPO_ROOT,
+            env=child_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group: stopping it stops its children too
+        )
+    pid_path = _pid_path(port, run_dir)
+    pid_path.write_text(f"{process.pid}\n")
+    server = ServerProcess(process.pid, host, port, log_path, pid_path, process)
+    try:
+        wait_for_server(server, timeout)
+    except BaseException:
+        stop_server(server)
+        raise
+    return server
+
+
+def wait_for_server(server: ServerProcess, timeout: float = 300.0) -> dict:
+    """Poll ``/health`` until it answers 200; raise with the log tail if the process dies or times out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if server.process is not None and server.process.poll() is not None:
+            raise RuntimeError(
+                f"the server exited with code {server.process.returncode} before it was ready.\n"
+                f"--- last lines of {server.log_path} ---\n{server.log_tail()}"
+            )
+        status, body = health(server.base_url)
+        if status == 200:
+            return body
+        if status == 503 and body.get("status") == "error":
+            error = body.get("error")
+            raise RuntimeError(f"the server could not load the model: {error}\n{server.log_tail()}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"the server was not ready after {timeout:.0f} s.\n"
+                f"--- last lines of {server.log_path} ---\n{server.log_tail()}"
+            )
+        time.sleep(0.2)
+
+
+def stop_server(server: ServerProcess | int, grace: float = 10.0) -> None:
+    """Stop the server (TERM, then KILL after ``grace`` seconds) and wait until its port is free."""
+    if isinstance(server, int):  # a port
+        stop_leftover(server)
+        return
+    _terminate_group(server.pid, grace, server.process)
+    server.pid_path.unlink(missing_ok=True)
+    _wait_port_free(server.host, server.port, grace)
+
+
+def _terminate_group(pid: int, grace: float = 10.0, process: subprocess.Popen | None = None) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            break
+        except PermissionError:
+            os.kill(pid, sig)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            if process is not None:
+                if process.poll() is not None:
+                    return
+            elif not _alive(pid):
+                return
+            time.sleep(0.05)
+
+
+def _wait_port_free(host: str, port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not port_is_free(host, port) and time.monotonic() < deadline:
+        time.sleep(0.1)

@@ -1,0 +1,206 @@
+"""Request and response models of the server's API (OpenAI Chat Completions, plus the original routes).
+
+Kept apart from the serving logic, as vLLM does, so the wire format can be
+read in one place and appears correctly in ``/docs``.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# ---------------------------------------------------------------------- requests
+
+
+class ChatMessage(BaseModel):
+    """One turn. ``content`` is a string or a list of parts (text, image, image_url, video, video_url)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    role: str = Field(examples=["user"])
+    content: str | list[dict[str, Any]] | None = Field(
+        default=None,
+        examples=[
+            [
+                {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg"}},
+                {"type": "text", "text": "这张图里有什么？"},
+            ]
+        ],
+    )
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    """The OpenAI Chat Completions request, with Qwen's ``top_k``. Unknown fields are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = Field(
+        default=None, description="Ignored: the server answers with the model it serves"
+    )
+    messages: list[ChatMessage]
+    max_tokens: int | None = Field(default=None, description="Most tokens to generate")
+    max_completion_tokens: int | None = Field(
+        default=None, description="Newer name of max_tokens; wins over it"
+    )
+    temperature: float | None = Field(default=None, description="0 = greedy; omitted = the model's default")
+    top_p: float | None = None
+    top_k: int | None = Field(default=None, description="Qwen sampling parameter; -1 or 0 turns it off")
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int | None = Field(default=None, description="Only 1 is supported")
+
+    def generation_params(self) -> dict[str, Any]:
+        """Keyword arguments for :meth:`helpers.engine.Engine.stream_chat`."""
+        limit = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+        return {
+            "max_new_tokens": limit,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "seed": self.seed,
+            "stop": self.stop,
+        }
+
+
+class GenerateRequest(BaseModel):
+    """The original tutorial's request: messages plus a few sampling knobs."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    messages: list[ChatMessage]
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+
+    def generation_params(self) -> dict[str, Any]:
+        return {
+            "max_new_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "seed": self.seed,
+            "stop": self.stop,
+        }
+
+
+# --------------------------------------------------------------------- responses
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class Choice(BaseModel):
+    index: int = 0
+    message: AssistantMessage
+    finish_reason: Literal["stop", "length"]
+    logprobs: None = None
+
+
+def completion_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex}"
+
+
+class ChatCompletionResponse(BaseModel):
+    """The OpenAI response object, plus ``response`` (the answer text) for the original tutorial's clients."""
+
+    id: str = Field(default_factory=completion_id)
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[Choice]
+    usage: Usage
+    response: str = Field(description="The answer text (compatibility with the original tutorial)")
+
+
+class DeltaMessage(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChunkChoice(BaseModel):
+    index: int = 0
+    delta: DeltaMessage
+    finish_reason: Literal["stop", "length"] | None = None
+    logprobs: None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One server-sent event of a streamed answer."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+
+
+class GenerateResponse(BaseModel):
+    response: str
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "qwen3vl-tutorial"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "internal_error",
+    503: "service_unavailable",
+}
+
+
+def error_body(
+    status: int, message: str, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    """The OpenAI error shape: ``{"error": {"message", "type", "param", "code"}}``."""
+    detail = ErrorDetail(
+        message=message, type=ERROR_TYPES.get(status, "invalid_request_error"), param=param, code=code
+    )
+    return ErrorResponse(error=detail).model_dump()

@@ -1,0 +1,517 @@
+"""The API server, in-process (TestClient) and as a real uvicorn process started by the launcher."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import threading
+
+import pytest
+import requests
+from conftest import write_clip, write_image
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from helpers import launcher
+from helpers.server import create_app
+
+API_KEY = "test-key-123"
+TEXT = [{"role": "user", "content": "Hello, who are you?"}]
+
+
+def png_data_uri(size=(64, 48)) -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (0, 120, 255)).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def chat_body(**extra):
+    return {"model": "demo", "messages": TEXT, "max_tokens": 16, "temperature": 0, **extra}
+
+
+def sse_events(text: str) -> list:
+    events = [line.removeprefix("data: ") for line in text.splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    return [json.loads(e) for e in events[:-1]]
+
+
+def assert_error(response, status: int, fragment: str = ""):
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert fragment.lower() in error["message"].lower(), error["message"]
+    assert "Traceback" not in response.text
+    return error
+
+
+# --------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def client(engine):
+    with TestClient(create_app(engine=engine)) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def live(media_dir, tmp_path_factory):
+    """A real uvicorn server with an API key, local media in media_dir, private URLs refused."""
+    port = launcher.free_port()
+    run_dir = tmp_path_factory.mktemp("run")
+    server = launcher.start_server(
+        model="demo",
+        port=port,
+        extra_args=["--api-key", API_KEY, "--allowed-local-media-path", str(media_dir)],
+        run_dir=run_dir,
+        timeout=120,
+    )
+    yield server
+    launcher.stop_server(server)
+
+
+@pytest.fixture
+def http(live):
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {API_KEY}"
+    session.base = live.base_url
+    return session
+
+
+def post(http, path, body, **kwargs):
+    return http.post(http.base + path, json=body, timeout=60, **kwargs)
+
+
+# ------------------------------------------------------------------------ shape
+def test_health_reports_the_loaded_model(client):
+    body = client.get("/health").json()
+    assert body["status"] == "ok" and body["model"] == "demo" and body["demo"] is True
+    assert body["device"] == "cpu" and body["dtype"] == "float32"
+    assert {"running", "waiting", "max_waiting"} <= set(body["queue"])
+
+
+def test_models_are_listed_in_openai_format(client):
+    body = client.get("/v1/models").json()
+    assert body["object"] == "list"
+    assert body["data"][0]["id"] == "demo" and body["data"][0]["object"] == "model"
+
+
+def test_root_points_to_the_docs(client):
+    assert client.get("/").json()["docs"] == "/docs"
+    assert client.get("/docs").status_code == 200
+    schema = client.get("/openapi.json").json()
+    assert "ChatCompletionRequest" in schema["components"]["schemas"]
+
+
+def test_chat_completion_has_the_openai_shape_and_usage_adds_up(client):
+    body = client.post("/v1/chat/completions", json=chat_body()).json()
+    assert body["object"] == "chat.completion" and body["id"].startswith("chatcmpl-")
+    assert body["model"] == "demo" and isinstance(body["created"], int)
+    choice = body["choices"][0]
+    assert choice["message"]["role"] == "assistant" and choice["finish_reason"] == "length"
+    assert body["response"] == choice["message"]["content"]
+    usage = body["usage"]
+    assert usage["completion_tokens"] == 16
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+
+
+def test_max_completion_tokens_wins_over_max_tokens(client):
+    body = client.post("/v1/chat/completions", json=chat_body(max_tokens=30, max_completion_tokens=5)).json()
+    assert body["usage"]["completion_tokens"] == 5
+
+
+def test_stop_strings_end_the_answer(client):
+    full = client.post("/v1/chat/completions", json=chat_body(max_tokens=32)).json()["response"]
+    stop = full[8:12]
+    body = client.post("/v1/chat/completions", json=chat_body(max_tokens=32, stop=stop)).json()
+    assert body["response"] == full[: full.index(stop)]
+    assert body["choices"][0]["finish_reason"] == "stop"
+
+
+def test_seeded_sampling_is_reproducible(client):
+    body = chat_body(temperature=1.0, seed=3)
+    first = client.post("/v1/chat/completions", json=body).json()["response"]
+    assert client.post("/v1/chat/completions", json=body).json()["response"] == first
+
+
+def test_generate_route_returns_only_the_text(client):
+    body = client.post("/generate", json={"messages": TEXT, "max_tokens": 8, "temperature": 0}).json()
+    assert set(body) == {"response"} and body["response"]
+
+
+def test_streaming_chunks_follow_openai_and_join_to_the_plain_answer(client):
+    plain = client.post("/v1/chat/completions", json=chat_body()).json()
+    response = client.post(
+        "/v1/chat/completions", json=chat_body(stream=True, stream_options={"include_usage": True})
+    )
+    assert response.headers["content-type"].startswith("text/event-stream")
+    chunks = sse_events(response.text)
+    assert all(c["object"] == "chat.completion.chunk" and c["id"] == chunks[0]["id"] for c in chunks)
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    content = [c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"]]
+    assert len([p for p in content if p]) > 3
+    assert "".join(content) == plain["response"]
+    finish = [c for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
+    assert len(finish) == 1 and finish[0]["choices"][0]["finish_reason"] == "length"
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == plain["usage"]
+
+
+def test_streaming_without_include_usage_sends_no_usage(client):
+    chunks = sse_events(client.post("/v1/chat/completions", json=chat_body(stream=True)).text)
+    assert all("usage" not in c for c in chunks)
+
+
+def test_image_and_video_parts_in_every_shape(client, media_dir):
+    write_image(media_dir / "photo.png")
+    write_clip(media_dir / "clip.mp4", seconds=2.0)
+    contents = [
+        [{"type": "image_url", "image_url": {"url": png_data_uri()}}, {"type": "text", "text": "?"}],
+        [{"type": "image", "image": "photo.png"}, {"type": "text", "text": "?"}],
+        [{"type": "image", "image": f"file://{media_dir}/photo.png"}],
+        [{"type": "video", "video": "clip.mp4", "fps": 1.0, "max_pixels": 128 * 32 * 32}],
+        [{"type": "video_url", "video_url": {"url": "clip.mp4"}}, {"type": "text", "text": "?"}],
+    ]
+    text_only = client.post("/v1/chat/completions", json=chat_body(max_tokens=2)).json()["usage"][
+        "prompt_tokens"
+    ]
+    for content in contents:
+        body = chat_body(max_tokens=2, messages=[{"role": "user", "content": content}])
+        response = client.post("/v1/chat/completions", json=body)
+        assert response.status_code == 200, response.text
+        assert response.json()["usage"]["prompt_tokens"] > text_only  # the pixels became tokens
+
+
+def test_image_url_served_by_a_local_http_server(engine, media_server):
+    media_server.add("/demo.png", base64.b64decode(png_data_uri().split(",")[1]), content_type="image/png")
+    permissive = engine.with_settings(allow_private_network_media=True)
+    with TestClient(create_app(engine=permissive)) as c:
+        content = [{"type": "image", "image": media_server.url("/demo.png")}, {"type": "text", "text": "?"}]
+        response = c.post(
+            "/v1/chat/completions", json=chat_body(messages=[{"role": "user", "content": content}])
+        )
+    assert response.status_code == 200, response.text
+    assert media_server.hits == ["/demo.png"]
+
+
+# --------------------------------------------------------------------- bad input
+BAD_REQUESTS = [
+    ({}, 400, "messages"),
+    ({"messages": []}, 400, "non-empty"),
+    ({"messages": "hi"}, 400, "messages"),
+    ({"messages": [{"content": "no role"}]}, 400, "role"),
+    ({"messages": [{"role": "wizard", "content": "hi"}]}, 400, "role"),
+    ({"messages": [{"role": "user", "content": 5}]}, 400, "content"),
+    ({"messages": [{"role": "user", "content": [{"type": "audio"}]}]}, 400, "unsupported type"),
+    ({"messages": [{"role": "user", "content": [{"type": "text", "text": None}]}]}, 400, "string"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}, 400, "url"),
+    (
+        {"messages": [{"role": "user", "content": [{"type": "image", "image": "data:image/png;base64,!!"}]}]},
+        400,
+        "base64",
+    ),
+    (
+        {
+            "messages": [
+                {"role": "user", "content": [{"type": "image", "image": "data:image/png;base64,aGVsbG8="}]}
+            ]
+        },
+        400,
+        "could not be read",
+    ),
+    (
+        {"messages": [{"role": "user", "content": [{"type": "video", "video": "ftp://x/y.mp4"}]}]},
+        400,
+        "scheme",
+    ),
+    (
+        {"messages": [{"role": "user", "content": [{"type": "video", "video": "clip.mp4", "fps": -1}]}]},
+        400,
+        "fps",
+    ),
+    ({"messages": TEXT, "max_tokens": 0}, 400, "max_tokens"),
+    ({"messages": TEXT, "max_tokens": 100000}, 400, "max_tokens"),
+    ({"messages": TEXT, "max_tokens": "many"}, 400, "max_tokens"),
+    ({"messages": TEXT, "temperature": -1}, 400, "temperature"),
+    ({"messages": TEXT, "temperature": 2.5}, 400, "temperature"),
+    ({"messages": TEXT, "top_p": 0}, 400, "top_p"),
+    ({"messages": TEXT, "top_p": 7}, 400, "top_p"),
+    ({"messages": TEXT, "top_k": -3}, 400, "top_k"),
+    ({"messages": TEXT, "seed": -5}, 400, "seed"),
+    ({"messages": TEXT, "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
+    ({"messages": TEXT, "stop": ""}, 400, "stop"),
+    ({"messages": TEXT, "n": 3}, 400, "n=1"),
+    ({"messages": TEXT, "stream": "yes please"}, 400, "stream"),
+    (
+        {"messages": [{"role": "user", "content": [{"type": "image", "image": png_data_uri()}] * 5}]},
+        400,
+        "at most 4",
+    ),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "fragment"), BAD_REQUESTS)
+def test_bad_requests_get_a_clear_4xx_and_the_server_keeps_serving(client, body, status, fragment):
+    assert_error(client.post("/v1/chat/completions", json=body), status, fragment)
+    assert client.post("/v1/chat/completions", json=chat_body(max_tokens=2)).status_code == 200
+
+
+def test_invalid_json_is_400(client):
+    response = client.post(
+        "/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert_error(response, 400, "not valid JSON")
+
+
+def test_wrong_method_and_unknown_route_use_the_error_shape(client):
+    assert_error(client.get("/v1/chat/completions"), 405)
+    assert_error(client.get("/v1/nothing-here"), 404)
+
+
+def test_oversized_body_is_413(engine):
+    small = engine.with_settings(max_request_bytes=10_000)
+    with TestClient(create_app(engine=small)) as c:
+        huge = [{"type": "image_url", "image_url": {"url": "data:image/png;base64," + "A" * 20_000}}]
+        response = c.post(
+            "/v1/chat/completions", json=chat_body(messages=[{"role": "user", "content": huge}])
+        )
+        assert_error(response, 413, "larger than")
+        assert c.post("/v1/chat/completions", json=chat_body(max_tokens=2)).status_code == 200
+
+
+def test_decompression_bomb_is_413(client):
+    buffer = io.BytesIO()
+    Image.new("1", (20000, 20000)).save(buffer, format="PNG")
+    uri = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    body = chat_body(
+        messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": uri}}]}]
+    )
+    assert_error(client.post("/v1/chat/completions", json=body), 413, "pixels")
+
+
+def test_corrupt_video_is_400(client, media_dir):
+    (media_dir / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(3000))
+    body = chat_body(messages=[{"role": "user", "content": [{"type": "video", "video": "broken.mp4"}]}])
+    assert_error(client.post("/v1/chat/completions", json=body), 400, "video")
+
+
+def test_model_not_ready_is_503(demo_checkpoint):
+    gate = threading.Event()
+
+    def slow_loader(settings):
+        gate.wait(30)
+        raise RuntimeError("stand-in loader stopped")
+
+    from helpers.config import Settings
+
+    with TestClient(create_app(Settings.from_env({}, model="demo"), loader=slow_loader)) as c:
+        assert c.get("/health").status_code == 503 and c.get("/health").json()["status"] == "loading"
+        assert_error(c.post("/v1/chat/completions", json=chat_body()), 503, "loading")
+        gate.set()
+
+
+# ---------------------------------------------------------- security (real HTTP)
+def test_api_key_is_required_on_v1_and_generate_but_not_health(live):
+    base = live.base_url
+    assert requests.get(f"{base}/health", timeout=10).status_code == 200
+    for method, path in (("get", "/v1/models"), ("post", "/v1/chat/completions"), ("post", "/generate")):
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": API_KEY}):
+            response = requests.request(method, base + path, json=chat_body(), headers=headers, timeout=10)
+            assert_error(response, 401, "API key")
+    ok = requests.get(f"{base}/v1/models", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=10)
+    assert ok.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("source", "status"),
+    [
+        ("../../../../etc/passwd", 403),
+        ("/etc/passwd", 403),
+        ("file:///etc/passwd", 403),
+        ("escape.png", 403),  # a symlink pointing outside the allowed folder
+        ("http://127.0.0.1:1/x.png", 403),
+        ("http://localhost/x.png", 403),
+        ("http://[::1]/x.png", 403),
+        ("http://169.254.169.254/latest/meta-data/", 403),
+        ("http://10.0.0.1/x.png", 403),
+        ("not-there.png", 400),
+    ],
+)
+def test_media_refusals_over_http(http, media_dir, tmp_path_factory, source, status):
+    outside = write_image(tmp_path_factory.mktemp("outside") / "secret.png")
+    if not (media_dir / "escape.png").is_symlink():
+        os.symlink(outside, media_dir / "escape.png")
+    body = chat_body(messages=[{"role": "user", "content": [{"type": "image", "image": source}]}])
+    assert_error(post(http, "/v1/chat/completions", body), status)
+    assert post(http, "/v1/chat/completions", chat_body(max_tokens=2)).status_code == 200
+
+
+def test_hostnames_resolving_to_private_addresses_are_refused(engine, monkeypatch):
+    import socket
+
+    def fake_getaddrinfo(host, port, *args, **kwargs):
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.0.0.1", port or 80))]
+
+    def no_connect(*args, **kwargs):
+        raise AssertionError("connected")
+
+    from urllib3.util import connection
+
+    monkeypatch.setattr(socket, "getaddrinfo", fake_getaddrinfo)
+    monkeypatch.setattr(connection, "create_connection", no_connect)
+    with TestClient(create_app(engine=engine)) as c:
+        content = [{"type": "image_url", "image_url": {"url": "http://intranet.example/cat.png"}}]
+        response = c.post(
+            "/v1/chat/completions", json=chat_body(messages=[{"role": "user", "content": content}])
+        )
+    assert_error(response, 403, "non-public address")
+
+
+# -------------------------------------------------------------- concurrency
+def open_stream(http, max_tokens=2048):
+    body = chat_body(max_tokens=max_tokens, stream=True)
+    response = http.post(http.base + "/v1/chat/completions", json=body, stream=True, timeout=60)
+    assert response.status_code == 200
+    lines = response.iter_lines()
+    first = next(line for line in lines if line)  # generation has begun
+    assert first.startswith(b"data: ")
+    return response, lines
+
+
+def wait_health(http, predicate, timeout=60):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = http.get(http.base + "/health", timeout=10).json()
+        if predicate(body):
+            return body
+        time.sleep(0.05)
+    raise AssertionError(f"health never satisfied the condition: {body}")
+
+
+def test_health_answers_while_a_long_generation_runs(http):
+    response, lines = open_stream(http)
+    body = http.get(http.base + "/health", timeout=10).json()
+    assert body["status"] == "ok" and body["queue"]["running"] == 1
+    next(lines)  # the stream is still producing tokens after /health answered
+    response.close()
+    wait_health(http, lambda b: b["queue"]["running"] == 0)
+
+
+def test_a_disconnected_stream_stops_its_generation_and_frees_the_model(http):
+    before = http.get(http.base + "/health", timeout=10).json()["queue"]
+    response, _ = open_stream(http, max_tokens=2048)
+    response.close()
+    after = wait_health(http, lambda b: b["queue"]["running"] == 0)["queue"]
+    assert after["cancelled"] == before["cancelled"] + 1
+    reply = post(http, "/v1/chat/completions", chat_body(max_tokens=4))
+    assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] == 4
+
+
+def test_a_full_queue_answers_429_and_recovers(tmp_path):
+    port = launcher.free_port()
+    server = launcher.start_server(model="demo", port=port, extra_args=["--max-queue", "1"], run_dir=tmp_path)
+    try:
+        http = requests.Session()
+        http.base = server.base_url
+        running, _ = open_stream(http)
+        waiting_result = {}
+
+        def waiting_request():
+            waiting_result["r"] = post(http, "/v1/chat/completions", chat_body(max_tokens=2))
+
+        waiter = threading.Thread(target=waiting_request)
+        waiter.start()
+        wait_health(http, lambda b: b["queue"]["waiting"] == 1)
+        assert_error(post(http, "/v1/chat/completions", chat_body()), 429, "busy")
+        running.close()
+        waiter.join(60)
+        assert waiting_result["r"].status_code == 200
+        assert post(http, "/v1/chat/completions", chat_body(max_tokens=2)).status_code == 200
+    finally:
+        launcher.stop_server(server)
+
+
+# --------------------------------------------------------- clients that exist
+def test_openai_sdk_sync_and_streaming(live):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=live.base_url + "/v1", api_key=API_KEY)
+    reply = client.chat.completions.create(model="demo", messages=TEXT, max_tokens=12, temperature=0)
+    assert reply.choices[0].finish_reason == "length" and reply.usage.completion_tokens == 12
+    stream = client.chat.completions.create(
+        model="demo",
+        messages=TEXT,
+        max_tokens=12,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert (
+        "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        == reply.choices[0].message.content
+    )
+    assert chunks[-1].usage.total_tokens == reply.usage.total_tokens
+    assert [m.id for m in client.models.list()] == ["demo"]
+
+
+def test_openai_sdk_raises_the_right_errors(live):
+    import openai
+
+    client = openai.OpenAI(base_url=live.base_url + "/v1", api_key=API_KEY, max_retries=0)
+    with pytest.raises(openai.BadRequestError, match="temperature"):
+        client.chat.completions.create(model="demo", messages=TEXT, temperature=9)
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=live.base_url + "/v1", api_key="nope", max_retries=0).models.list()
+
+
+def test_the_original_tutorial_client_requests_work_unchanged(engine, media_server, media_dir):
+    """The payloads of test_simple_api.py and test_video_api.py from the original tutorial."""
+    write_clip(media_dir / "test_video.mp4", seconds=2.0)
+    media_server.add("/demo.jpeg", base64.b64decode(png_data_uri().split(",")[1]))
+    permissive = engine.with_settings(allow_private_network_media=True)
+    with TestClient(create_app(engine=permissive)) as c:
+        health = c.get("/health")
+        assert health.status_code == 200
+        result = health.json()
+        assert {"model", "device", "gpu_memory", "cuda_available", "supported_formats"} <= set(result)
+
+        text = {
+            "messages": [{"role": "user", "content": "你好，请介绍一下你自己。"}],
+            "max_tokens": 256,
+            "temperature": 0.7,
+        }
+        image = {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image", "image": media_server.url("/demo.jpeg")},
+                        {"type": "text", "text": "请描述这张图片的内容。"},
+                    ],
+                }
+            ],
+            "max_tokens": 512,
+            "temperature": 0.7,
+        }
+        video = {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "video", "video": "./test_video.mp4", "fps": 1.0, "max_pixels": 360 * 420},
+                        {"type": "text", "text": "请描述这个视频的内容，包括主要场景和动作。"},
+                    ],
+                }
+            ],
+            "max_tokens": 512,
+            "temperature": 0.7,
+        }
+        for payload in (text, image, video):
+            response = c.post(
+                "/v1/chat/completions", json=payload, headers={"Content-Type": "application/json"}
+            )
+            assert response.status_code == 200, response.text
+            result = response.json()
+            assert isinstance(result["response"], str) and result["usage"]["total_tokens"] > 0
+        assert "response" in c.post("/generate", json=text).json()
