@@ -14,6 +14,7 @@ Nothing is loaded at import time.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
 import math
 import threading
@@ -367,8 +368,8 @@ class Engine:
     def weight_bytes(self) -> int:
         return sum(p.numel() * p.element_size() for p in self.model.parameters())
 
-    def info(self) -> dict[str, Any]:
-        """What is loaded, for banners and ``/health``."""
+    @functools.cached_property
+    def _static_info(self) -> dict[str, Any]:
         facts: dict[str, Any] = {
             "model": self.model_name,
             "model_path": str(self.model_path),
@@ -380,6 +381,12 @@ class Engine:
         }
         if self.device.startswith("cuda"):
             facts["gpu"] = torch.cuda.get_device_name(self.device)
+        return facts
+
+    def info(self) -> dict[str, Any]:
+        """What is loaded, for banners and ``/health`` (cheap: /health calls it during generation)."""
+        facts = dict(self._static_info)
+        if self.device.startswith("cuda"):
             facts["gpu_memory_allocated_gib"] = round(torch.cuda.memory_allocated(self.device) / 1024**3, 2)
         return facts
 

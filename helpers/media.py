@@ -31,7 +31,7 @@ from urllib.parse import unquote, urljoin, urlsplit
 
 from PIL import Image, UnidentifiedImageError
 
-from helpers.costs import plan_frames
+from helpers.costs import format_bytes, plan_frames
 from helpers.errors import RequestError
 
 if TYPE_CHECKING:
@@ -110,7 +110,7 @@ def decode_data_uri(uri: str, max_bytes: int) -> bytes:
         raise RequestError("malformed data: URI: expected 'data:<type>;base64,<data>'")
     if len(payload) * 3 // 4 > max_bytes:
         raise RequestError(
-            f"inline media is larger than the {max_bytes // (1024 * 1024)} MiB limit",
+            f"inline media is larger than the {format_bytes(max_bytes)} limit",
             status_code=413,
             code="media_too_large",
         )
@@ -253,7 +253,7 @@ def _read_capped(response, max_bytes: int, deadline: float) -> bytes:
 
 def _too_large(max_bytes: int) -> RequestError:
     return RequestError(
-        f"media is larger than the {max_bytes / (1024 * 1024):g} MiB limit",
+        f"media is larger than the {format_bytes(max_bytes)} limit",
         status_code=413,
         code="media_too_large",
     )

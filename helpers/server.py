@@ -35,6 +35,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from helpers.config import Settings
+from helpers.costs import format_bytes
 from helpers.engine import ChatResult, ChatStream, Engine, SamplingParams
 from helpers.errors import RequestError
 from helpers.protocol import (
@@ -178,7 +179,7 @@ class BodySizeLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise _BodyTooLarge
+                    raise _BodyTooLarge(self.max_bytes)
             return message
 
         try:
@@ -187,10 +188,8 @@ class BodySizeLimit:
             await self._refuse(send)
 
     async def _refuse(self, send) -> None:
-        limit = self.max_bytes / (1024 * 1024)
-        body = json.dumps(
-            error_body(413, f"request body is larger than {limit:g} MiB", code="request_too_large")
-        ).encode()
+        message = f"request body is larger than {format_bytes(self.max_bytes)}"
+        body = json.dumps(error_body(413, message, code="request_too_large")).encode()
         await send(
             {
                 "type": "http.response.start",
@@ -201,8 +200,10 @@ class BodySizeLimit:
         await send({"type": "http.response.body", "body": body})
 
 
-class _BodyTooLarge(Exception):
-    pass
+class _BodyTooLarge(StarletteHTTPException):
+    # An HTTPException, so FastAPI's body parsing passes it through unchanged.
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(413, f"request body is larger than {format_bytes(max_bytes)}")
 
 
 class GenerationStreamResponse(StreamingResponse):
@@ -445,7 +446,8 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return reply(exc.status_code, str(exc.detail), None, None, getattr(exc, "headers", None))
+        code = "request_too_large" if exc.status_code == 413 else None
+        return reply(exc.status_code, str(exc.detail), None, code, getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

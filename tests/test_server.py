@@ -277,6 +277,22 @@ def test_oversized_body_is_413(engine):
         assert c.post("/v1/chat/completions", json=chat_body(max_tokens=2)).status_code == 200
 
 
+def test_oversized_chunked_body_without_content_length_is_413(engine):
+    small = engine.with_settings(max_request_bytes=10_000)
+
+    def body():
+        for _ in range(20):
+            yield b" " * 1000
+        yield json.dumps(chat_body()).encode()
+
+    with TestClient(create_app(engine=small)) as c:
+        response = c.post(
+            "/v1/chat/completions", content=body(), headers={"content-type": "application/json"}
+        )
+        assert_error(response, 413, "larger than")
+        assert c.get("/health").status_code == 200
+
+
 def test_decompression_bomb_is_413(client):
     buffer = io.BytesIO()
     Image.new("1", (20000, 20000)).save(buffer, format="PNG")
