@@ -36,55 +36,21 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class ChatCompletionRequest(BaseModel):
-    """The OpenAI Chat Completions request, with Qwen's ``top_k``. Unknown fields are ignored."""
+class SamplingFields(BaseModel):
+    """The generation knobs both chat routes accept. Unknown fields are ignored."""
 
     model_config = ConfigDict(extra="ignore")
 
-    model: str | None = Field(
-        default=None, description="Ignored: the server answers with the model it serves"
-    )
     messages: list[ChatMessage]
     max_tokens: int | None = Field(default=None, description="Most tokens to generate")
-    max_completion_tokens: int | None = Field(
-        default=None, description="Newer name of max_tokens; wins over it"
-    )
     temperature: float | None = Field(default=None, description="0 = greedy; omitted = the model's default")
     top_p: float | None = None
     top_k: int | None = Field(default=None, description="Qwen sampling parameter; -1 or 0 turns it off")
     seed: int | None = None
     stop: str | list[str] | None = None
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    n: int | None = Field(default=None, description="Only 1 is supported")
 
     def generation_params(self) -> dict[str, Any]:
         """Keyword arguments for :meth:`helpers.engine.Engine.stream_chat`."""
-        limit = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
-        return {
-            "max_new_tokens": limit,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "top_k": self.top_k,
-            "seed": self.seed,
-            "stop": self.stop,
-        }
-
-
-class GenerateRequest(BaseModel):
-    """The original tutorial's request: messages plus a few sampling knobs."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    messages: list[ChatMessage]
-    max_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    seed: int | None = None
-    stop: str | list[str] | None = None
-
-    def generation_params(self) -> dict[str, Any]:
         return {
             "max_new_tokens": self.max_tokens,
             "temperature": self.temperature,
@@ -93,6 +59,30 @@ class GenerateRequest(BaseModel):
             "seed": self.seed,
             "stop": self.stop,
         }
+
+
+class ChatCompletionRequest(SamplingFields):
+    """The OpenAI Chat Completions request, with Qwen's ``top_k``."""
+
+    model: str | None = Field(
+        default=None, description="Ignored: the server answers with the model it serves"
+    )
+    max_completion_tokens: int | None = Field(
+        default=None, description="Newer name of max_tokens; wins over it"
+    )
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int | None = Field(default=None, description="Only 1 is supported")
+
+    def generation_params(self) -> dict[str, Any]:
+        params = super().generation_params()
+        if self.max_completion_tokens is not None:
+            params["max_new_tokens"] = self.max_completion_tokens
+        return params
+
+
+class GenerateRequest(SamplingFields):
+    """The original tutorial's request: messages plus a few sampling knobs."""
 
 
 # --------------------------------------------------------------------- responses
