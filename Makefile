@@ -6,10 +6,12 @@ PIP := $(PYTHON) -m pip
 DEMO_ENV := QWEN3VL_MODEL=demo HF_HUB_OFFLINE=1 QWEN3VL_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 NOTEBOOKS := $(wildcard notebooks/[0-9][0-9]_*.ipynb)
 
-.PHONY: help setup setup-dev demo test serve bench lab lint format clean
+.PHONY: help setup setup-dev check download demo test serve bench lab lint format clean
 
 help:
 	@echo "make setup     install requirements.txt (+ torch only if it is missing)"
+	@echo "make check     environment check table (python -m helpers.env_check)"
+	@echo "make download  download and verify the model (python -m helpers.download)"
 	@echo "make demo      run every notebook on the demo model and print a table"
 	@echo "make test      pytest over tests/ and nbval over notebooks/ (demo model, offline)"
 	@echo "make serve     start the API server (QWEN3VL_MODEL=demo make serve without a GPU)"
@@ -33,6 +35,12 @@ setup:
 
 setup-dev: setup
 	$(PIP) install -q -r requirements-dev.txt
+
+check:
+	$(PYTHON) -m helpers.env_check
+
+download:
+	$(PYTHON) -m helpers.download
 
 demo: setup
 	$(DEMO_ENV) $(PYTHON) -m helpers.demo_model
