@@ -34,7 +34,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from helpers.config import Settings
+from helpers.config import ConfigError, ModelNotFoundError, Settings
 from helpers.costs import format_bytes
 from helpers.engine import ChatResult, ChatStream, Engine, SamplingParams
 from helpers.errors import RequestError
@@ -463,7 +463,12 @@ def main(argv: list[str] | None = None) -> None:
     Settings.add_arguments(parser)
     parser.add_argument("--log-level", default="info", help="uvicorn log level")
     args = parser.parse_args(argv)
-    settings = Settings.from_args(args)
+    try:
+        settings = Settings.from_args(args)
+        if not settings.is_demo:
+            settings.resolve_model_path()  # fail now, with the download instructions, not in the background
+    except (ConfigError, ModelNotFoundError) as exc:
+        parser.exit(2, f"error: {exc}\n")
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -471,8 +476,6 @@ def main(argv: list[str] | None = None) -> None:
         logger.warning(
             "listening on %s without --api-key: anyone who can reach it can use the GPU", settings.host
         )
-    if not settings.is_demo:
-        settings.resolve_model_path()  # fail now, with the download instructions, not in the background
     uvicorn.run(
         create_app(settings),
         host=settings.host,
