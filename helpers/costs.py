@@ -162,8 +162,8 @@ class MemoryEstimate:
 
     def describe(self) -> str:
         return (
-            f"weights {self.weights / GIB:.2f} GiB + KV cache {self.kv_cache / GIB:.2f} GiB"
-            f" + overhead {self.overhead / GIB:.2f} GiB = {self.total / GIB:.2f} GiB"
+            f"权重 {self.weights / GIB:.2f} GiB + KV cache {self.kv_cache / GIB:.2f} GiB"
+            f" + 运行时余量 {self.overhead / GIB:.2f} GiB = {self.total / GIB:.2f} GiB"
         )
 
 

@@ -40,3 +40,13 @@ def print_stream(stream: ChatStream, demo: bool) -> ChatResult:
     first, tokens = result.first_token_seconds or 0.0, result.usage.completion_tokens
     print(f"—— 首个 token {first:.2f} s，共 {tokens} 个 token，{result.seconds:.2f} s")
     return result
+
+
+def markdown_table(rows: list[dict]):
+    """A list of dicts (same keys) as a Markdown table, rendered by Jupyter's ``display``."""
+    from IPython.display import Markdown
+
+    head = list(rows[0])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(str(row[key]) for key in head) + " |" for row in rows]
+    return Markdown("\n".join(lines))
