@@ -221,7 +221,9 @@ class ChatStream:
         self._thread.start()
 
     def cancel(self) -> None:
-        self._cancelled.set()
+        """Stop generating at the next token (a no-op once the answer is complete)."""
+        if self.result is None:
+            self._cancelled.set()
 
     @property
     def cancelled(self) -> bool:

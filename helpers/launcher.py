@@ -92,6 +92,11 @@ def _pid_path(port: int, run_dir: Path) -> Path:
 
 def _alive(pid: int) -> bool:
     try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:  # our own child that has exited: reap the zombie
+            return False
+    except ChildProcessError:
+        pass  # not our child (e.g. started by an earlier kernel)
+    try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
@@ -106,6 +111,12 @@ def _is_our_server(pid: int) -> bool:
     except OSError:
         return _alive(pid)  # no /proc (macOS): trust the pid file
     return b"helpers.server" in cmdline
+
+
+def choose_port(preferred: int = 6006, host: str = "127.0.0.1", run_dir: Path = RUN_DIR) -> int:
+    """``preferred`` if free (after stopping a server an earlier kernel left there), else a free port."""
+    stop_leftover(preferred, run_dir)
+    return preferred if port_is_free(host, preferred) else free_port(host)
 
 
 def stop_leftover(port: int, run_dir: Path = RUN_DIR) -> bool:
@@ -179,6 +190,7 @@ def start_server(
 def wait_for_server(server: ServerProcess, timeout: float = 300.0) -> dict:
     """Poll ``/health`` until it answers 200; raise with the log tail if the process dies or times out."""
     deadline = time.monotonic() + timeout
+    pause = 0.1
     while True:
         if server.process is not None and server.process.poll() is not None:
             raise RuntimeError(
@@ -196,7 +208,8 @@ def wait_for_server(server: ServerProcess, timeout: float = 300.0) -> dict:
                 f"the server was not ready after {timeout:.0f} s.\n"
                 f"--- last lines of {server.log_path} ---\n{server.log_tail()}"
             )
-        time.sleep(0.2)
+        time.sleep(pause)
+        pause = min(pause * 1.5, 1.0)  # a real model loads for a minute: do not flood its log
 
 
 def stop_server(server: ServerProcess | int, grace: float = 10.0) -> None:

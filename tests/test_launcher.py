@@ -49,3 +49,22 @@ def test_restart_cleans_up_a_server_left_by_an_earlier_kernel_then_stop_frees_th
     assert second.process.poll() is not None
     assert launcher.port_is_free("127.0.0.1", port)
     assert not (tmp_path / f"server-{port}.pid").exists()
+
+
+def test_choose_port_prefers_the_given_port_and_falls_back_when_busy(tmp_path):
+    port = launcher.free_port()
+    assert launcher.choose_port(port, run_dir=tmp_path) == port
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", port))
+        other.listen()
+        chosen = launcher.choose_port(port, run_dir=tmp_path)
+    assert chosen != port and launcher.port_is_free("127.0.0.1", chosen)
+
+
+def test_stopping_our_own_server_by_port_reaps_it(tmp_path):
+    port = launcher.free_port()
+    server = launcher.start_server(model="demo", port=port, run_dir=tmp_path, timeout=120)
+    assert launcher.stop_leftover(port, tmp_path)
+    # Our own child must not linger as a zombie that still looks alive (that cost a 20 s wait).
+    assert not launcher._alive(server.pid)
+    assert launcher.port_is_free("127.0.0.1", port)

@@ -133,6 +133,20 @@ def test_seeded_sampling_is_reproducible(client):
     assert client.post("/v1/chat/completions", json=body).json()["response"] == first
 
 
+def test_finished_requests_count_as_completed_not_cancelled(client):
+    import time
+
+    before = client.get("/health").json()["queue"]
+    assert client.post("/v1/chat/completions", json=chat_body(max_tokens=4)).status_code == 200
+    assert client.post("/v1/chat/completions", json=chat_body(max_tokens=4, stream=True)).status_code == 200
+    assert client.post("/generate", json={"messages": TEXT, "max_tokens": 4}).status_code == 200
+    deadline = time.monotonic() + 10
+    while (after := client.get("/health").json()["queue"])["running"] and time.monotonic() < deadline:
+        time.sleep(0.01)  # the slot is released from the generation thread
+    assert after["completed"] == before["completed"] + 3
+    assert after["cancelled"] == before["cancelled"]
+
+
 def test_generate_route_returns_only_the_text(client):
     body = client.post("/generate", json={"messages": TEXT, "max_tokens": 8, "temperature": 0}).json()
     assert set(body) == {"response"} and body["response"]
