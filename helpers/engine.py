@@ -164,6 +164,10 @@ class _TokenQueue:
         self.queue.put(value.reshape(-1).tolist())
 
     def end(self) -> None:
+        """Called by ``generate()`` as it returns; ignored: :meth:`close` ends the stream instead."""
+
+    def close(self) -> None:
+        """End of stream, sent by the generation thread once it has recorded how generation ended."""
         self.queue.put(None)
 
 
@@ -241,7 +245,10 @@ class ChatStream:
         except BaseException as exc:  # handed to the consumer, re-raised there
             self._error = exc
         finally:
-            self._tokens.end()
+            # Only now may the consumer finish: if it saw the end from generate()'s own
+            # streamer.end(), its closing cancel() could beat the line above and mark a
+            # complete answer as stopped early (counted as "cancelled" in /health).
+            self._tokens.close()
             if self._on_finish is not None:
                 self._on_finish(self)
 

@@ -437,6 +437,33 @@ def test_a_disconnected_stream_stops_its_generation_and_frees_the_model(http):
     assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] == 4
 
 
+def test_a_client_that_leaves_a_plain_request_stops_its_generation(http, live):
+    import socket
+
+    before = http.get(http.base + "/health", timeout=10).json()["queue"]
+    body = json.dumps(chat_body(max_tokens=2048)).encode()
+    head = (
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer {API_KEY}\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    with socket.create_connection((live.host, live.port)) as sock:
+        sock.sendall(head.encode() + body)
+        wait_health(http, lambda b: b["queue"]["running"] == 1)
+    after = wait_health(http, lambda b: b["queue"]["running"] == 0)["queue"]
+    assert after["cancelled"] == before["cancelled"] + 1
+    assert post(http, "/v1/chat/completions", chat_body(max_tokens=2)).status_code == 200
+
+
+def test_many_normal_answers_all_count_as_completed(http):
+    before = http.get(http.base + "/health", timeout=10).json()["queue"]
+    for i in range(10):
+        assert post(http, "/v1/chat/completions", chat_body(max_tokens=1 + i % 5)).status_code == 200
+        assert post(http, "/v1/chat/completions", chat_body(max_tokens=3, stream=True)).status_code == 200
+    after = wait_health(http, lambda b: b["queue"]["running"] == 0)["queue"]
+    assert after["completed"] == before["completed"] + 20
+    assert after["cancelled"] == before["cancelled"]
+
+
 def test_a_full_queue_answers_429_and_recovers(tmp_path):
     port = launcher.free_port()
     server = launcher.start_server(model="demo", port=port, extra_args=["--max-queue", "1"], run_dir=tmp_path)

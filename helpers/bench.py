@@ -1,0 +1,778 @@
+"""Measure the model and its API server: HTTP overhead, first token, /health under load, throughput, video.
+
+    python -m helpers.bench                          # the demo model (no GPU needed), ~30 s on 2 CPU cores
+    python -m helpers.bench --model demo --repeats 5 --out results/
+    QWEN3VL_MODEL=Qwen/Qwen3-VL-4B-Instruct python -m helpers.bench --repeats 10
+
+One run loads the model in this process **and** starts the API server
+(``python -m helpers.server`` through :mod:`helpers.launcher`) with the same
+model, warms both up with the same text and image request (so both are in the
+same state), then measures each figure several times, prints a table
+and writes ``<out>/bench.json`` and ``<out>/bench.png``. The model is
+``--model``, else ``QWEN3VL_MODEL``, else ``demo``. Figures are reported,
+never asserted: they depend on the machine and on whatever else runs on it.
+
+The measuring functions (``percentile``, ``measure_latency``, ``http_chat``,
+``sse_first_token``, ``health_latencies``, ``health_while_generating``,
+``concurrency_run``, ``video_decode_speed``, ``gpu_decode``) are small and
+reusable: notebook 05 and the tests call them on their own.
+
+Keys of ``bench.json`` (times in seconds unless the name says ``_ms``;
+``null`` where a figure does not apply, e.g. GPU figures on a CPU):
+
+- ``schema_version`` (int, 1), ``created`` (str, ISO 8601 UTC), ``wall_s`` (float, the whole run)
+- ``model`` (str), ``demo`` (bool), ``device`` (str, ``cpu`` / ``cuda``), ``dtype`` (str),
+  ``weight_bytes`` (int, parameters x bytes per value), ``torch_threads`` (int), ``cpu_count`` (int)
+- ``repeats`` (int, repetitions per figure), ``max_tokens`` (int, tokens of the greedy request),
+  ``prompt_tokens`` (int, tokens of the fixed text prompt)
+- ``latency``: the same greedy request (temperature 0, ``max_tokens``, fixed prompt) in-process
+  (``engine.chat``) and over HTTP (``POST /v1/chat/completions``, one keep-alive connection)
+
+  - ``pairs`` (int, ``3 x repeats``: each HTTP call runs right after its in-process twin, so both
+    see the same background load), ``in_process_s``, ``http_s`` (float, medians),
+    ``overhead_ms`` (float, median of the paired differences HTTP - in-process),
+    ``overhead_ratio`` (float, ``overhead / http_s``), ``completion_tokens`` (int),
+    ``in_process_samples_s``, ``http_samples_s`` (list of float, every pair)
+- ``first_token``: time from sending the request to the first non-empty piece of the answer
+
+  - ``in_process_s`` (float, median, ``engine.stream_chat``), ``sse_s`` (float, median, the first SSE
+    chunk with content), ``in_process_samples_s``, ``sse_samples_s`` (list of float)
+- ``health``: ``GET /health`` latency, sequential requests on one connection
+
+  - ``requests`` (int, per condition), ``idle_p50_ms``, ``idle_p99_ms`` (float, nothing generating),
+    ``busy_p50_ms``, ``busy_p99_ms`` (float, while a long streamed generation runs),
+    ``busy_generation_running`` (bool, the server still reported a running generation at the end)
+- ``throughput`` (list, one entry per kind and concurrency): ``kind`` (str, ``text`` / ``image``),
+  ``concurrency`` (int, client threads), ``requests`` (int), ``wall_s`` (float),
+  ``requests_per_s`` (float), ``tokens_per_s`` (float, generated tokens / wall time),
+  ``latency_p50_s``, ``latency_max_s`` (float, per request, queueing included)
+- ``video_decode``: ``reader`` (str, e.g. ``PyAV 18.1.0``), ``file`` (str), ``fps`` (float, sampling
+  rate asked for), ``frames`` (int, frames returned), ``seconds`` (float, median of one
+  ``helpers.media.load_video`` call), ``frames_per_s`` (float)
+- ``gpu`` (all ``null`` without CUDA): ``name`` (str), ``peak_vram_bytes`` (int,
+  ``torch.cuda.max_memory_allocated`` of the in-process engine), ``decode_tokens`` (int),
+  ``decode_tokens_per_s`` (float, greedy, after the first token), ``bandwidth_gb_s`` (float, the
+  GPU's memory bandwidth from a small table; ``null`` when unknown), ``bandwidth_fraction`` (float,
+  ``weight_bytes x decode_tokens_per_s / bandwidth``: how close decoding is to the limit of reading
+  every weight once per token)
+- ``goals``: ``overhead_ratio_max`` (float, 0.05), ``overhead_ok`` (bool),
+  ``health_busy_p99_max_ms`` (float, 50), ``health_ok`` (bool)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import requests
+
+from helpers.assets import CAT_PHOTO_PATH, IMAGES_DIR, MOVING_CLIP_PATH
+from helpers.chat_ui import data_uri
+
+if TYPE_CHECKING:
+    from helpers.config import Settings
+    from helpers.engine import Engine
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = REPO_ROOT / "results"
+BENCH_PROMPT = "Describe a busy city street on a rainy evening: the people, the lights, the sounds."
+IMAGE_PROMPT = "What animal is in this picture? Describe it briefly."
+CONCURRENCY = (1, 4, 8)
+OVERHEAD_RATIO_GOAL = 0.05
+HEALTH_P99_GOAL_MS = 50.0
+LONG_GENERATION_TOKENS = 1024  # long enough to outlast the /health burst
+GPU_DECODE_TOKENS = 256
+
+# Memory bandwidth in GB/s. Every substring must appear in torch.cuda.get_device_name(); first match wins.
+GPU_BANDWIDTH_GB_S: list[tuple[tuple[str, ...], float]] = [
+    (("RTX 4090",), 1008.0),
+    (("H100", "PCIE"), 2000.0),
+    (("H100", "HBM3"), 3350.0),  # "NVIDIA H100 80GB HBM3" is the SXM card
+    (("H100", "SXM"), 3350.0),
+    (("H200",), 4800.0),
+    (("A100", "80GB"), 2039.0),
+    (("L40S",), 864.0),
+]
+
+
+# ------------------------------------------------------------------ statistics
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0-100) with linear interpolation between samples (numpy's default)."""
+    if not values:
+        raise ValueError("percentile of no values")
+    if not 0 <= q <= 100:
+        raise ValueError(f"q must be between 0 and 100, got {q}")
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def median(values: Sequence[float]) -> float:
+    return percentile(values, 50)
+
+
+def measure_latency(fn: Callable[[], Any], repeats: int, warmup: int = 0) -> list[float]:
+    """Call ``fn`` ``warmup`` times unmeasured, then ``repeats`` times; the seconds of each measured call."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
+# ---------------------------------------------------------------- requests
+def text_messages(prompt: str = BENCH_PROMPT) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": prompt}]
+
+
+def image_messages(path: Path = CAT_PHOTO_PATH, prompt: str = IMAGE_PROMPT) -> list[dict[str, Any]]:
+    """One user turn with a picture sent inline as a ``data:`` URI (no file access needed on the server)."""
+    uri = data_uri(Path(path).read_bytes(), Path(path).name)
+    content = [{"type": "image_url", "image_url": {"url": uri}}, {"type": "text", "text": prompt}]
+    return [{"role": "user", "content": content}]
+
+
+def chat_body(messages: list[dict[str, Any]], max_tokens: int, **extra: Any) -> dict[str, Any]:
+    """A greedy chat-completions request body."""
+    return {"model": "bench", "messages": messages, "max_tokens": max_tokens, "temperature": 0, **extra}
+
+
+def _check(response: requests.Response) -> requests.Response:
+    if response.status_code != 200:
+        raise RuntimeError(f"HTTP {response.status_code} from {response.url}: {response.text[:300]}")
+    return response
+
+
+def http_chat(
+    session: requests.Session,
+    base_url: str,
+    messages: list[dict[str, Any]],
+    max_tokens: int = 64,
+    timeout: float = 300.0,
+    **extra: Any,
+) -> dict[str, Any]:
+    """``POST /v1/chat/completions`` (greedy, not streamed); the response JSON. Raises on non-200."""
+    url = f"{base_url}/v1/chat/completions"
+    return _check(session.post(url, json=chat_body(messages, max_tokens, **extra), timeout=timeout)).json()
+
+
+def _content_of(line: bytes) -> str | None:
+    """The text an SSE line carries (``None`` when it carries none)."""
+    if not line.startswith(b"data: {"):
+        return None
+    chunk = json.loads(line[6:])
+    if "error" in chunk:
+        raise RuntimeError(f"error event in the stream: {chunk['error']}")
+    choices = chunk.get("choices") or [{}]
+    return choices[0].get("delta", {}).get("content") or None
+
+
+def sse_first_token(
+    session: requests.Session,
+    base_url: str,
+    messages: list[dict[str, Any]],
+    max_tokens: int = 64,
+    timeout: float = 300.0,
+) -> float:
+    """Seconds from sending a streamed request to its first SSE chunk with content; then hang up.
+
+    Hanging up stops the generation on the server (it cancels on disconnect);
+    call :func:`wait_idle` before the next measurement.
+    """
+    url = f"{base_url}/v1/chat/completions"
+    start = time.perf_counter()
+    body = chat_body(messages, max_tokens, stream=True)
+    with _check(session.post(url, json=body, stream=True, timeout=timeout)) as response:
+        # chunk_size=None: hand over each HTTP chunk as it arrives (a size would wait to fill it)
+        for line in response.iter_lines(chunk_size=None):
+            if _content_of(line):
+                return time.perf_counter() - start
+    raise RuntimeError("the stream ended without any content")
+
+
+def engine_first_token(engine: Engine, messages: list[dict[str, Any]], max_tokens: int = 64) -> float:
+    """Seconds from ``engine.stream_chat`` to its first non-empty piece; the rest is cancelled."""
+    start = time.perf_counter()
+    stream = engine.stream_chat(messages, max_new_tokens=max_tokens, temperature=0)
+    try:
+        for piece in stream:
+            if piece:
+                return time.perf_counter() - start
+        raise RuntimeError("the answer was empty")
+    finally:
+        stream.cancel()
+        stream.wait()  # the model is free again before the next measurement
+
+
+def wait_idle(session: requests.Session, base_url: str, timeout: float = 120.0) -> None:
+    """Poll ``/health`` until nothing runs or waits (e.g. after hanging up on a stream)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        queue = session.get(f"{base_url}/health", timeout=10).json().get("queue", {})
+        if not queue.get("running") and not queue.get("waiting"):
+            return
+        time.sleep(0.02)
+    raise RuntimeError(f"the server was still busy after {timeout:.0f} s")
+
+
+def health_latencies(session: requests.Session, base_url: str, n: int) -> list[float]:
+    """Seconds of ``n`` sequential ``GET /health`` calls on one keep-alive connection."""
+    url = f"{base_url}/health"
+
+    def call() -> None:
+        _check(session.get(url, timeout=30))
+
+    return measure_latency(call, n)
+
+
+def health_while_generating(
+    base_url: str,
+    n: int,
+    messages: list[dict[str, Any]] | None = None,
+    max_tokens: int = LONG_GENERATION_TOKENS,
+    timeout: float = 120.0,
+) -> tuple[list[float], bool]:
+    """``/health`` latencies while a long streamed generation runs.
+
+    A reader thread starts the stream and keeps reading it; once its first
+    content chunk has arrived, this thread sends ``n`` sequential ``/health``
+    requests, then tells the reader to hang up. Returns the latencies and
+    whether the server still reported a running generation after the last one.
+    """
+    messages = messages or text_messages()
+    first = threading.Event()
+    stop = threading.Event()
+    failure: list[BaseException] = []
+
+    def reader() -> None:
+        try:
+            body = chat_body(messages, max_tokens, stream=True)
+            with (
+                requests.Session() as stream_session,
+                _check(
+                    stream_session.post(
+                        f"{base_url}/v1/chat/completions", json=body, stream=True, timeout=timeout
+                    )
+                ) as response,
+            ):
+                for line in response.iter_lines(chunk_size=None):
+                    if stop.is_set() or line == b"data: [DONE]":
+                        break
+                    if not first.is_set() and _content_of(line):
+                        first.set()
+        except BaseException as exc:  # reported to the caller
+            failure.append(exc)
+        finally:
+            first.set()  # never leave the caller waiting
+
+    thread = threading.Thread(target=reader, name="bench-long-stream", daemon=True)
+    thread.start()
+    with requests.Session() as session:
+        first.wait(timeout)
+        if failure:
+            raise RuntimeError(f"the long generation failed: {failure[0]}")
+        samples = health_latencies(session, base_url, n)
+        body = _check(session.get(f"{base_url}/health", timeout=30)).json()
+        still_running = body.get("queue", {}).get("running", 0) >= 1
+        stop.set()
+        thread.join(timeout)
+        wait_idle(session, base_url, timeout)
+    return samples, still_running
+
+
+@dataclass
+class RequestRecord:
+    """One request of a :func:`concurrency_run`; times in seconds from the start of the run."""
+
+    index: int  # submission order
+    started_s: float
+    finished_s: float
+    completion_tokens: int
+
+    @property
+    def latency_s(self) -> float:
+        return self.finished_s - self.started_s
+
+
+@dataclass
+class ConcurrencyResult:
+    kind: str
+    concurrency: int
+    wall_s: float
+    records: list[RequestRecord] = field(default_factory=list)
+
+    @property
+    def requests(self) -> int:
+        return len(self.records)
+
+    @property
+    def requests_per_s(self) -> float:
+        return self.requests / self.wall_s
+
+    @property
+    def tokens_per_s(self) -> float:
+        return sum(r.completion_tokens for r in self.records) / self.wall_s
+
+    def latencies(self) -> list[float]:
+        return [r.latency_s for r in self.records]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "concurrency": self.concurrency,
+            "requests": self.requests,
+            "wall_s": self.wall_s,
+            "requests_per_s": self.requests_per_s,
+            "tokens_per_s": self.tokens_per_s,
+            "latency_p50_s": median(self.latencies()),
+            "latency_max_s": max(self.latencies()),
+        }
+
+
+def concurrency_run(
+    base_url: str,
+    messages: list[dict[str, Any]],
+    concurrency: int,
+    requests_total: int,
+    max_tokens: int = 64,
+    kind: str = "text",
+    timeout: float = 600.0,
+) -> ConcurrencyResult:
+    """Send ``requests_total`` greedy requests from ``concurrency`` threads (one connection each).
+
+    The server generates one answer at a time and queues the rest, so with
+    ``concurrency`` > 1 each request's latency includes its wait in the queue.
+    """
+    local = threading.local()
+    start = time.perf_counter()
+
+    def one(index: int) -> RequestRecord:
+        if not hasattr(local, "session"):
+            local.session = requests.Session()
+        began = time.perf_counter() - start
+        body = http_chat(local.session, base_url, messages, max_tokens, timeout=timeout)
+        return RequestRecord(index, began, time.perf_counter() - start, body["usage"]["completion_tokens"])
+
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="bench-client") as pool:
+        records = list(pool.map(one, range(requests_total)))
+    return ConcurrencyResult(kind, concurrency, time.perf_counter() - start, records)
+
+
+# ---------------------------------------------------------------------- video
+def video_decode_speed(
+    path: Path = MOVING_CLIP_PATH, fps: float = 8.0, repeats: int = 3, settings: Settings | None = None
+) -> dict[str, Any]:
+    """Frames per second of :func:`helpers.media.load_video` (PyAV) sampling ``path`` at ``fps``."""
+    import av
+
+    from helpers.config import Settings
+    from helpers.media import load_video
+
+    path = Path(path)
+    settings = settings or Settings.from_env({}, model="demo", allowed_local_media_path=[path.parent])
+    frames = len(load_video(str(path), settings, fps).frames)  # warm-up, and the frame count
+    seconds = median(measure_latency(lambda: load_video(str(path), settings, fps), repeats))
+    return {
+        "reader": f"PyAV {av.__version__}",
+        "file": path.name,
+        "fps": float(fps),
+        "frames": frames,
+        "seconds": seconds,
+        "frames_per_s": frames / seconds,
+    }
+
+
+# ------------------------------------------------------------------------ GPU
+def gpu_bandwidth_gb_s(name: str | None) -> float | None:
+    """Memory bandwidth (GB/s) of a GPU named like ``torch.cuda.get_device_name()``; None if unknown."""
+    if not name:
+        return None
+    upper = name.upper()
+    for parts, bandwidth in GPU_BANDWIDTH_GB_S:
+        if all(part in upper for part in parts):
+            return bandwidth
+    return None
+
+
+def gpu_decode(
+    engine: Engine, messages: list[dict[str, Any]] | None = None, tokens: int = GPU_DECODE_TOKENS
+) -> dict[str, Any]:
+    """Peak VRAM, greedy decode speed and its fraction of the bandwidth limit; all None without CUDA."""
+    facts: dict[str, Any] = dict.fromkeys(
+        ("name", "peak_vram_bytes", "decode_tokens", "decode_tokens_per_s", "bandwidth_gb_s"),
+    )
+    facts["bandwidth_fraction"] = None
+    if not str(engine.device).startswith("cuda"):
+        return facts
+    import torch
+
+    result = engine.chat(messages or text_messages(), max_new_tokens=tokens, temperature=0)
+    decode_s = result.seconds - (result.first_token_seconds or 0.0)
+    generated = result.usage.completion_tokens
+    rate = (generated - 1) / decode_s if generated > 1 and decode_s > 0 else None
+    name = torch.cuda.get_device_name(engine.device)
+    bandwidth = gpu_bandwidth_gb_s(name)
+    facts.update(
+        name=name,
+        peak_vram_bytes=int(torch.cuda.max_memory_allocated(engine.device)),
+        decode_tokens=generated,
+        decode_tokens_per_s=rate,
+        bandwidth_gb_s=bandwidth,
+    )
+    if rate and bandwidth:
+        facts["bandwidth_fraction"] = engine.weight_bytes() * rate / (bandwidth * 1e9)
+    return facts
+
+
+# ------------------------------------------------------------------ the run
+def _log(verbose: bool, message: str) -> None:
+    if verbose:
+        print(message, flush=True)
+
+
+def run_bench(
+    model: str | None = None,
+    repeats: int = 5,
+    out_dir: Path | str = DEFAULT_OUT,
+    max_tokens: int = 64,
+    concurrency: Sequence[int] = CONCURRENCY,
+    health_requests: int | None = None,
+    long_tokens: int = LONG_GENERATION_TOKENS,
+    base_url: str | None = None,
+    verbose: bool = True,
+) -> dict[str, Any]:
+    """Measure everything, write ``bench.json`` and ``bench.png`` into ``out_dir``; return the results.
+
+    ``base_url`` measures a server that is already running (with the same model)
+    instead of starting one.
+    """
+    import torch
+
+    from helpers import launcher
+    from helpers.config import Settings
+    from helpers.engine import Engine
+
+    began = time.perf_counter()
+    model = model or os.environ.get("QWEN3VL_MODEL") or "demo"
+    health_requests = health_requests or 20 * repeats
+    settings = Settings.from_env(model=model, allowed_local_media_path=[IMAGES_DIR])
+    server = None
+    _log(verbose, f"基准测试：模型 {model}，每项重复 {repeats} 次")
+    try:
+        with ThreadPoolExecutor(max_workers=1) as pool:  # load in this process while the server starts
+            loading = pool.submit(Engine.load, settings, False)
+            if base_url is None:
+                server = launcher.start_server(
+                    model=model,
+                    port=launcher.free_port(),
+                    extra_args=["--max-queue", str(max(16, 2 * max(concurrency))), "--log-level", "warning"],
+                    timeout=600,
+                )
+                base_url = server.base_url
+            engine = loading.result()
+        _log(verbose, f"模型已在本进程加载（{engine.device}），服务在 {base_url}")
+        http = requests.Session()  # one keep-alive connection, as a real client would use
+        text = text_messages()
+        prompt_tokens = engine.prepare(text).prompt_tokens
+
+        _log(verbose, "预热 ...")
+        # Both sides get the same warm-up, images included: on a CPU the first image request
+        # leaves a second OpenMP thread pool behind (image preprocessing runs torch ops in a
+        # thread that outlives the request), which slows every later generation of the demo
+        # model by about a third. Warming only the server would bill that to HTTP.
+        for messages in (text, image_messages()):
+            engine.chat(messages, max_new_tokens=max_tokens, temperature=0)
+            http_chat(http, base_url, messages, max_tokens)
+        health_latencies(http, base_url, 5)
+
+        _log(verbose, f"1/6 同一个 {max_tokens} token 的贪心请求：进程内 vs HTTP ...")
+        in_process: list[float] = []
+        over_http: list[float] = []
+        completion_tokens = 0
+        for _ in range(3 * repeats):  # interleaved pairs, so both see the same background load
+            start = time.perf_counter()
+            completion_tokens = engine.chat(
+                text, max_new_tokens=max_tokens, temperature=0
+            ).usage.completion_tokens
+            in_process.append(time.perf_counter() - start)
+            over_http.extend(measure_latency(lambda: http_chat(http, base_url, text, max_tokens), 1))
+
+        _log(verbose, "2/6 首个 token 的时间：进程内 vs SSE ...")
+        first_in: list[float] = []
+        first_sse: list[float] = []
+        for _ in range(repeats):
+            first_in.append(engine_first_token(engine, text, max_tokens))
+            first_sse.append(sse_first_token(http, base_url, text, max_tokens))
+            wait_idle(http, base_url)
+
+        _log(verbose, f"3/6 /health 延迟：空闲与生成中各 {health_requests} 次 ...")
+        idle = health_latencies(http, base_url, health_requests)
+        busy, still_running = health_while_generating(base_url, health_requests, text, long_tokens)
+
+        _log(verbose, f"4/6 并发 {', '.join(map(str, concurrency))} 下的吞吐 ...")
+        throughput = [
+            concurrency_run(base_url, text, c, max(repeats, 2 * c), max_tokens).summary() for c in concurrency
+        ]
+        throughput.append(
+            concurrency_run(base_url, image_messages(), 1, repeats, max_tokens, "image").summary()
+        )
+
+        _log(verbose, "5/6 视频解码速度 ...")
+        video = video_decode_speed(MOVING_CLIP_PATH, 8.0, repeats, settings)
+
+        _log(verbose, "6/6 GPU：显存峰值与解码速度 ...")
+        gpu = gpu_decode(engine, text)
+    finally:
+        if server is not None:
+            launcher.stop_server(server)
+
+    latency_in, latency_http = median(in_process), median(over_http)
+    overhead = median([h - i for i, h in zip(in_process, over_http, strict=True)])
+    info = engine.info()
+    results: dict[str, Any] = {
+        "schema_version": 1,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "wall_s": 0.0,
+        "model": model,
+        "demo": engine.is_demo,
+        "device": info["device"],
+        "dtype": info["dtype"],
+        "weight_bytes": engine.weight_bytes(),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count() or 1,
+        "repeats": repeats,
+        "max_tokens": max_tokens,
+        "prompt_tokens": prompt_tokens,
+        "latency": {
+            "pairs": len(in_process),
+            "in_process_s": latency_in,
+            "http_s": latency_http,
+            "overhead_ms": overhead * 1000,
+            "overhead_ratio": overhead / latency_http,
+            "completion_tokens": completion_tokens,
+            "in_process_samples_s": in_process,
+            "http_samples_s": over_http,
+        },
+        "first_token": {
+            "in_process_s": median(first_in),
+            "sse_s": median(first_sse),
+            "in_process_samples_s": first_in,
+            "sse_samples_s": first_sse,
+        },
+        "health": {
+            "requests": health_requests,
+            "idle_p50_ms": percentile(idle, 50) * 1000,
+            "idle_p99_ms": percentile(idle, 99) * 1000,
+            "busy_p50_ms": percentile(busy, 50) * 1000,
+            "busy_p99_ms": percentile(busy, 99) * 1000,
+            "busy_generation_running": still_running,
+        },
+        "throughput": throughput,
+        "video_decode": video,
+        "gpu": gpu,
+    }
+    results["goals"] = {
+        "overhead_ratio_max": OVERHEAD_RATIO_GOAL,
+        "overhead_ok": results["latency"]["overhead_ratio"] <= OVERHEAD_RATIO_GOAL,
+        "health_busy_p99_max_ms": HEALTH_P99_GOAL_MS,
+        "health_ok": results["health"]["busy_p99_ms"] < HEALTH_P99_GOAL_MS,
+    }
+    results["wall_s"] = time.perf_counter() - began
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(
+        json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
+    plot_results(results, out / "bench.png")
+    return results
+
+
+# ------------------------------------------------------------------ reports
+def _fmt(value: float | None, pattern: str, missing: str = "—") -> str:
+    return missing if value is None else pattern.format(value)
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """The printed summary of a bench run (learner-facing, in Chinese)."""
+    lat, first, health = results["latency"], results["first_token"], results["health"]
+    video, gpu, goals = results["video_decode"], results["gpu"], results["goals"]
+    mark = {True: "✅", False: "❌"}
+    rows = [
+        ("进程内延迟（中位数）", f"{lat['in_process_s'] * 1000:.1f} ms"),
+        ("HTTP 延迟（中位数）", f"{lat['http_s'] * 1000:.1f} ms"),
+        (
+            "HTTP 开销（成对差值中位数）",
+            f"{lat['overhead_ms']:.1f} ms = {lat['overhead_ratio']:.1%} "
+            f"{mark[goals['overhead_ok']]}（目标 ≤ {goals['overhead_ratio_max']:.0%}）",
+        ),
+        ("首个 token：进程内 / SSE", f"{first['in_process_s'] * 1000:.1f} / {first['sse_s'] * 1000:.1f} ms"),
+        ("/health 空闲 p50 / p99", f"{health['idle_p50_ms']:.1f} / {health['idle_p99_ms']:.1f} ms"),
+        (
+            "/health 生成中 p50 / p99",
+            f"{health['busy_p50_ms']:.1f} / {health['busy_p99_ms']:.1f} ms {mark[goals['health_ok']]}"
+            f"（目标 < {goals['health_busy_p99_max_ms']:g} ms）",
+        ),
+    ]
+    for entry in results["throughput"]:
+        rows.append(
+            (
+                f"吞吐 {entry['kind']} 并发 {entry['concurrency']}（{entry['requests']} 个请求）",
+                f"{entry['requests_per_s']:.2f} 请求/s，{entry['tokens_per_s']:.1f} token/s，"
+                f"延迟 p50 {entry['latency_p50_s']:.2f} s / 最大 {entry['latency_max_s']:.2f} s",
+            )
+        )
+    rows += [
+        (
+            f"视频解码（{video['reader']}，{video['fps']:g} fps）",
+            f"{video['frames_per_s']:.0f} 帧/s（{video['frames']} 帧 {video['seconds'] * 1000:.0f} ms）",
+        ),
+        ("GPU", gpu["name"] or "无（CPU）"),
+        ("显存峰值", _fmt(gpu["peak_vram_bytes"] and gpu["peak_vram_bytes"] / 1024**3, "{:.2f} GiB")),
+        ("解码速度（贪心）", _fmt(gpu["decode_tokens_per_s"], "{:.1f} token/s")),
+        ("占带宽上限的比例", _fmt(gpu["bandwidth_fraction"], "{:.0%}")),
+    ]
+    width = max(_display_width(label) for label, _ in rows)
+    title = (
+        f"基准测试 · 模型 {results['model']}{'（演示模型）' if results['demo'] else ''} · "
+        f"{results['device']} / {results['dtype']} · {results['max_tokens']} token 贪心请求 · "
+        f"重复 {results['repeats']} 次 · 共 {results['wall_s']:.0f} s"
+    )
+    lines = [title, "-" * min(110, _display_width(title))]
+    lines += [f"{label}{' ' * (width - _display_width(label))}  {value}" for label, value in rows]
+    return "\n".join(lines)
+
+
+def _display_width(text: str) -> int:
+    """Terminal columns: CJK and full-width characters take two."""
+    import unicodedata
+
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+
+def plot_results(results: dict[str, Any], path: Path | str) -> Path:
+    """Save a three-panel PNG: latency, /health latency, throughput by concurrency."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    # A bare Figure with the Agg canvas: no pyplot, so no GUI backend and no global state.
+    figure = Figure(figsize=(13, 4), dpi=100)
+    FigureCanvasAgg(figure)
+    left, middle, right = figure.subplots(1, 3)
+
+    lat, first = results["latency"], results["first_token"]
+    names = ["in-process", "HTTP"]
+    left.bar(names, [lat["in_process_s"] * 1000, lat["http_s"] * 1000], color=["#4c72b0", "#dd8452"])
+    left.bar(
+        names,
+        [first["in_process_s"] * 1000, first["sse_s"] * 1000],
+        color="none",
+        edgecolor="black",
+        hatch="//",
+        label="first token",
+    )
+    left.set_title(
+        f"{results['max_tokens']}-token greedy request (median)\n"
+        f"HTTP overhead {lat['overhead_ms']:.1f} ms = {lat['overhead_ratio']:.1%}"
+    )
+    left.set_ylabel("ms")
+    left.legend()
+
+    health = results["health"]
+    x = range(2)
+    middle.bar([i - 0.2 for i in x], [health["idle_p50_ms"], health["busy_p50_ms"]], 0.4, label="p50")
+    middle.bar([i + 0.2 for i in x], [health["idle_p99_ms"], health["busy_p99_ms"]], 0.4, label="p99")
+    middle.axhline(results["goals"]["health_busy_p99_max_ms"], color="red", linestyle="--", label="goal")
+    middle.set_xticks(list(x), ["idle", "generating"])
+    middle.set_title("/health latency")
+    middle.set_ylabel("ms")
+    middle.legend()
+
+    text_rows = [t for t in results["throughput"] if t["kind"] == "text"]
+    concurrency = [t["concurrency"] for t in text_rows]
+    right.plot(concurrency, [t["tokens_per_s"] for t in text_rows], "o-", label="text tokens/s")
+    for t in results["throughput"]:
+        if t["kind"] != "text":
+            right.plot([t["concurrency"]], [t["tokens_per_s"]], "s", label=f"{t['kind']} tokens/s")
+    twin = right.twinx()
+    twin.plot(concurrency, [t["latency_p50_s"] for t in text_rows], "x--", color="gray", label="p50 latency")
+    twin.set_ylabel("p50 latency (s)")
+    twin.set_ylim(bottom=0)
+    right.set_ylim(bottom=0)
+    right.set_xticks(concurrency)
+    right.set_xlabel("concurrent clients")
+    right.set_ylabel("generated tokens/s")
+    right.set_title("throughput (one generation at a time)")
+    right.legend(loc="center left")
+    twin.legend(loc="lower right")
+
+    figure.suptitle(f"helpers.bench · {results['model']} · {results['device']} / {results['dtype']}")
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path)
+    return path
+
+
+# ---------------------------------------------------------------------- CLI
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m helpers.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="model to measure (default: $QWEN3VL_MODEL, else demo)")
+    parser.add_argument("--repeats", type=int, default=5, help="repetitions per figure (default 5)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for bench.json / bench.png")
+    parser.add_argument(
+        "--max-tokens", type=int, default=64, help="tokens of the greedy request (default 64)"
+    )
+    parser.add_argument(
+        "--concurrency", type=int, nargs="+", default=list(CONCURRENCY), help="client threads (default 1 4 8)"
+    )
+    parser.add_argument(
+        "--health-requests", type=int, default=None, help="/health calls per condition (default 20 x repeats)"
+    )
+    parser.add_argument(
+        "--long-tokens",
+        type=int,
+        default=LONG_GENERATION_TOKENS,
+        help="max_tokens of the generation that runs while /health is measured",
+    )
+    parser.add_argument(
+        "--base-url", default=None, help="measure this running server instead of starting one"
+    )
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+    # Everything is local: the model is on disk (or built locally for demo); never reach a model hub.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    results = run_bench(
+        model=args.model,
+        repeats=args.repeats,
+        out_dir=args.out,
+        max_tokens=args.max_tokens,
+        concurrency=args.concurrency,
+        health_requests=args.health_requests,
+        long_tokens=args.long_tokens,
+        base_url=args.base_url.rstrip("/") if args.base_url else None,
+    )
+    print()
+    print(format_table(results))
+    print(f"\n结果已写入 {Path(args.out) / 'bench.json'} 和 {Path(args.out) / 'bench.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,260 @@
+"""The benchmark: its statistics, its GPU table, and one tiny end-to-end run on the demo model.
+
+Timings are never asserted here (they belong to the benchmark's report); the
+tests pin what the report contains.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+
+import pytest
+
+from helpers import bench
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+NUMBER = (int, float)
+OPTIONAL_NUMBER = (int, float, type(None))
+
+# Every key of bench.json and the type its value has (a dict means a nested object).
+SCHEMA = {
+    "schema_version": int,
+    "created": str,
+    "wall_s": NUMBER,
+    "model": str,
+    "demo": bool,
+    "device": str,
+    "dtype": str,
+    "weight_bytes": int,
+    "torch_threads": int,
+    "cpu_count": int,
+    "repeats": int,
+    "max_tokens": int,
+    "prompt_tokens": int,
+    "latency": {
+        "pairs": int,
+        "in_process_s": NUMBER,
+        "http_s": NUMBER,
+        "overhead_ms": NUMBER,
+        "overhead_ratio": NUMBER,
+        "completion_tokens": int,
+        "in_process_samples_s": list,
+        "http_samples_s": list,
+    },
+    "first_token": {
+        "in_process_s": NUMBER,
+        "sse_s": NUMBER,
+        "in_process_samples_s": list,
+        "sse_samples_s": list,
+    },
+    "health": {
+        "requests": int,
+        "idle_p50_ms": NUMBER,
+        "idle_p99_ms": NUMBER,
+        "busy_p50_ms": NUMBER,
+        "busy_p99_ms": NUMBER,
+        "busy_generation_running": bool,
+    },
+    "throughput": list,
+    "video_decode": {
+        "reader": str,
+        "file": str,
+        "fps": NUMBER,
+        "frames": int,
+        "seconds": NUMBER,
+        "frames_per_s": NUMBER,
+    },
+    "gpu": {
+        "name": (str, type(None)),
+        "peak_vram_bytes": (int, type(None)),
+        "decode_tokens": (int, type(None)),
+        "decode_tokens_per_s": OPTIONAL_NUMBER,
+        "bandwidth_gb_s": OPTIONAL_NUMBER,
+        "bandwidth_fraction": OPTIONAL_NUMBER,
+    },
+    "goals": {
+        "overhead_ratio_max": NUMBER,
+        "overhead_ok": bool,
+        "health_busy_p99_max_ms": NUMBER,
+        "health_ok": bool,
+    },
+}
+THROUGHPUT_ENTRY = {
+    "kind": str,
+    "concurrency": int,
+    "requests": int,
+    "wall_s": NUMBER,
+    "requests_per_s": NUMBER,
+    "tokens_per_s": NUMBER,
+    "latency_p50_s": NUMBER,
+    "latency_max_s": NUMBER,
+}
+
+
+def check_schema(data: dict, schema: dict, where: str = "") -> None:
+    assert set(data) == set(schema), f"{where}: keys differ: {set(data) ^ set(schema)}"
+    for key, kind in schema.items():
+        if isinstance(kind, dict):
+            check_schema(data[key], kind, f"{where}{key}.")
+        else:
+            value = data[key]
+            assert isinstance(value, kind), f"{where}{key} is {type(value).__name__}"
+            assert not (isinstance(value, bool) and kind in (NUMBER, int)), f"{where}{key} is a bool"
+
+
+def all_keys(schema: dict) -> set[str]:
+    keys = set(schema) | set(THROUGHPUT_ENTRY)
+    for value in schema.values():
+        if isinstance(value, dict):
+            keys |= all_keys(value)
+    return keys
+
+
+# ------------------------------------------------------------------ statistics
+@pytest.mark.parametrize(
+    ("values", "q", "expected"),
+    [
+        ([1.0, 2.0, 3.0, 4.0], 50, 2.5),
+        ([4.0, 1.0, 3.0, 2.0], 0, 1.0),  # order does not matter
+        ([1.0, 2.0, 3.0, 4.0], 100, 4.0),
+        ([0.0, 10.0], 99, 9.9),
+        ([7.0], 99, 7.0),
+        (list(range(101)), 99, 99.0),
+    ],
+)
+def test_percentile_interpolates_like_numpy(values, q, expected):
+    assert bench.percentile(values, q) == pytest.approx(expected)
+
+
+def test_percentile_refuses_no_values_and_bad_q():
+    with pytest.raises(ValueError, match="no values"):
+        bench.percentile([], 50)
+    with pytest.raises(ValueError, match="between 0 and 100"):
+        bench.percentile([1.0], 101)
+
+
+def test_median_is_the_50th_percentile():
+    assert bench.median([3.0, 1.0, 2.0]) == 2.0
+
+
+def test_measure_latency_runs_warmup_unmeasured_then_repeats():
+    calls = []
+    samples = bench.measure_latency(lambda: calls.append(1), repeats=4, warmup=2)
+    assert len(calls) == 6 and len(samples) == 4
+    assert all(isinstance(s, float) and s >= 0 for s in samples)
+
+
+@pytest.mark.parametrize(
+    ("name", "bandwidth"),
+    [
+        ("NVIDIA GeForce RTX 4090", 1008.0),
+        ("NVIDIA H100 PCIe", 2000.0),
+        ("NVIDIA H100 80GB HBM3", 3350.0),
+        ("NVIDIA H200", 4800.0),
+        ("NVIDIA A100-SXM4-80GB", 2039.0),
+        ("NVIDIA L40S", 864.0),
+        ("NVIDIA A100-SXM4-40GB", None),  # not in the table: unknown, not a guess
+        ("Tesla T4", None),
+        (None, None),
+    ],
+)
+def test_gpu_bandwidth_table(name, bandwidth):
+    assert bench.gpu_bandwidth_gb_s(name) == bandwidth
+
+
+def test_gpu_figures_are_null_on_a_cpu(engine):
+    facts = bench.gpu_decode(engine)
+    assert set(facts) == set(SCHEMA["gpu"]) and all(v is None for v in facts.values())
+
+
+def test_image_request_carries_the_cat_as_a_jpeg_data_uri():
+    (message,) = bench.image_messages()
+    url = message["content"][0]["image_url"]["url"]
+    assert url.startswith("data:image/jpeg;base64,")
+    assert base64.b64decode(url.split(",", 1)[1]) == bench.CAT_PHOTO_PATH.read_bytes()
+
+
+def test_video_decode_speed_reads_every_frame_of_the_clip_at_8_fps():
+    from helpers.assets import CLIP
+
+    video = bench.video_decode_speed(repeats=1)
+    check_schema(video, SCHEMA["video_decode"])
+    assert video["frames"] == CLIP.frame_count and video["reader"].startswith("PyAV")
+
+
+def test_every_json_key_is_documented_in_the_module_docstring():
+    documented = set(re.findall(r"``(\w+)``", bench.__doc__))
+    assert all_keys(SCHEMA) <= documented, all_keys(SCHEMA) - documented
+
+
+# ------------------------------------------------------------------ end to end
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("results")
+    code = bench.main(
+        [
+            "--model",
+            "demo",
+            "--repeats",
+            "1",
+            "--max-tokens",
+            "8",
+            "--health-requests",
+            "5",
+            "--long-tokens",
+            "256",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    return out
+
+
+def test_bench_writes_every_documented_key_with_its_type(bench_run):
+    results = json.loads((bench_run / "bench.json").read_text(encoding="utf-8"))
+    check_schema(results, SCHEMA)
+    assert results["model"] == "demo" and results["demo"] is True and results["device"] == "cpu"
+    assert results["latency"]["pairs"] == 3 * results["repeats"]
+    assert len(results["latency"]["http_samples_s"]) == results["latency"]["pairs"]
+    assert results["latency"]["completion_tokens"] == 8
+    assert all(v is None for v in results["gpu"].values())
+
+
+def test_bench_measures_text_at_concurrency_1_4_8_and_one_image_request(bench_run):
+    throughput = json.loads((bench_run / "bench.json").read_text(encoding="utf-8"))["throughput"]
+    for entry in throughput:
+        check_schema(entry, THROUGHPUT_ENTRY)
+    assert [(t["kind"], t["concurrency"]) for t in throughput] == [
+        ("text", 1),
+        ("text", 4),
+        ("text", 8),
+        ("image", 1),
+    ]
+    assert all(t["requests"] >= t["concurrency"] for t in throughput)
+
+
+def test_bench_draws_a_png(bench_run):
+    png = bench_run / "bench.png"
+    assert png.read_bytes()[:8] == PNG_SIGNATURE
+    from PIL import Image
+
+    with Image.open(png) as image:
+        assert image.width > image.height > 200
+
+
+def test_bench_table_names_every_section(bench_run):
+    results = json.loads((bench_run / "bench.json").read_text(encoding="utf-8"))
+    table = bench.format_table(results)
+    for label in (
+        "HTTP 开销",
+        "首个 token",
+        "/health 生成中",
+        "吞吐 text 并发 8",
+        "吞吐 image",
+        "视频解码",
+        "显存峰值",
+    ):
+        assert label in table
