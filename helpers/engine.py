@@ -191,6 +191,31 @@ class _StopWatch:
         return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
 
 
+class IncrementalDecoder:
+    """The text of a growing list of token ids, without re-decoding the whole list every step.
+
+    Byte-level BPE text is the concatenation of its pieces' bytes, so once the
+    decoded text ends on a whole character, later tokens cannot change it: that
+    part is kept and only the tokens after it are decoded again.
+    """
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self._settled_text = ""
+        self._settled = 0  # ids[:_settled] decode to _settled_text
+
+    def add(self, new_ids: list[int]) -> str:
+        """Append ``new_ids``; return the text of all ids so far."""
+        self.ids.extend(new_ids)
+        tail = self.tokenizer.decode(self.ids[self._settled :], skip_special_tokens=True)
+        if tail.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
+            return self._settled_text + tail
+        self._settled_text += tail
+        self._settled = len(self.ids)
+        return self._settled_text
+
+
 def cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
     """``text`` up to the first stop string, and whether one was found."""
     positions = [text.find(s) for s in stops if s in text]
@@ -256,15 +281,16 @@ class ChatStream:
         tokenizer = self.engine.processor.tokenizer
         stops = self.params.stop
         hold = max((len(s) for s in stops), default=1) - 1  # a stop string may still be forming
-        ids: list[int] = []
+        decoder = IncrementalDecoder(tokenizer)
+        ids = decoder.ids
+        text = ""
         sent = 0
         first_token_at = None
         stopped = False
         try:
             while (new := self._tokens.queue.get()) is not None:
                 first_token_at = first_token_at or time.perf_counter()
-                ids.extend(new)
-                text, stopped = cut_at_stop(tokenizer.decode(ids, skip_special_tokens=True), stops)
+                text, stopped = cut_at_stop(decoder.add(new), stops)
                 safe = len(text) if stopped else len(text) - hold
                 while safe > sent and text[safe - 1] == "\ufffd":  # half of a multi-byte character
                     safe -= 1
@@ -273,7 +299,7 @@ class ChatStream:
                     sent = safe
             if self._error is not None:
                 raise self._error
-            text, stopped = cut_at_stop(tokenizer.decode(ids, skip_special_tokens=True), stops)
+            text, stopped = cut_at_stop(decoder.add([]), stops)
             if len(text) > sent:
                 yield text[sent:]
             eos = set(self.engine.eos_token_ids)

@@ -152,3 +152,22 @@ def test_concurrent_calls_are_serialised_and_all_answered(engine):
     for t in threads:
         t.join()
     assert results == [expected] * 4
+
+
+def test_incremental_decoding_equals_decoding_everything_at_once(engine):
+    import random
+
+    from helpers.engine import IncrementalDecoder
+
+    tokenizer = engine.processor.tokenizer
+    rng = random.Random(0)
+    chinese = tokenizer.encode("视觉语言模型部署教程：图片、视频与流式输出 🚀")
+    for trial in range(20):
+        ids = [rng.randrange(0, 151643) for _ in range(60)] if trial % 2 else chinese * 3
+        decoder = IncrementalDecoder(tokenizer)
+        position = 0
+        while position < len(ids):
+            step = rng.randint(1, 3)
+            text = decoder.add(ids[position : position + step])
+            position += step
+            assert text == tokenizer.decode(ids[:position], skip_special_tokens=True)
