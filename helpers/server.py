@@ -309,7 +309,7 @@ def create_app(
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         if body.n not in (None, 1):
             raise RequestError("only n=1 is supported", param="n")
-        stream = await _start(holder, queue, body.messages, body.generation_params(), request)
+        stream = await _start(holder, queue, body.messages, body.generation_params())
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return GenerationStreamResponse(
@@ -335,7 +335,7 @@ def create_app(
         summary="The original tutorial's route: returns only the answer text",
     )
     async def generate(body: GenerateRequest, request: Request) -> GenerateResponse:
-        stream = await _start(holder, queue, body.messages, body.generation_params(), request)
+        stream = await _start(holder, queue, body.messages, body.generation_params())
         result = await _finish(stream, request)
         return GenerateResponse(response=result.text)
 
@@ -352,7 +352,7 @@ def _engine_facts(engine: Engine) -> dict[str, Any]:
 
 
 async def _start(
-    holder: ModelHolder, queue: GenerationQueue, messages: list, raw_params: dict[str, Any], request: Request
+    holder: ModelHolder, queue: GenerationQueue, messages: list, raw_params: dict[str, Any]
 ) -> ChatStream:
     """Validate, load media (in a thread), wait for the model, start generating."""
     engine = holder.ready_engine()
