@@ -79,6 +79,7 @@ import requests
 
 from helpers.assets import CAT_PHOTO_PATH, IMAGES_DIR, MOVING_CLIP_PATH
 from helpers.chat_ui import data_uri
+from helpers.display import display_width, pad_to_width
 
 if TYPE_CHECKING:
     from helpers.config import Settings
@@ -647,22 +648,15 @@ def format_table(results: dict[str, Any]) -> str:
         ("解码速度（贪心）", _fmt(gpu["decode_tokens_per_s"], "{:.1f} token/s")),
         ("占带宽上限的比例", _fmt(gpu["bandwidth_fraction"], "{:.0%}")),
     ]
-    width = max(_display_width(label) for label, _ in rows)
+    width = max(display_width(label) for label, _ in rows)
     title = (
         f"基准测试 · 模型 {results['model']}{'（演示模型）' if results['demo'] else ''} · "
         f"{results['device']} / {results['dtype']} · {results['max_tokens']} token 贪心请求 · "
         f"重复 {results['repeats']} 次 · 共 {results['wall_s']:.0f} s"
     )
-    lines = [title, "-" * min(110, _display_width(title))]
-    lines += [f"{label}{' ' * (width - _display_width(label))}  {value}" for label, value in rows]
+    lines = [title, "-" * min(110, display_width(title))]
+    lines += [f"{pad_to_width(label, width)}  {value}" for label, value in rows]
     return "\n".join(lines)
-
-
-def _display_width(text: str) -> int:
-    """Terminal columns: CJK and full-width characters take two."""
-    import unicodedata
-
-    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
 
 
 def plot_results(results: dict[str, Any], path: Path | str) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import unicodedata
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -50,3 +51,21 @@ def markdown_table(rows: list[dict]):
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(str(row[key]) for key in head) + " |" for row in rows]
     return Markdown("\n".join(lines))
+
+
+def display_width(text: str) -> int:
+    """Columns ``text`` takes in a terminal (CJK and emoji are two wide), for aligned tables."""
+    width = 0
+    for ch in text:
+        if ch == "\ufe0f":  # emoji presentation selector: the sign before it becomes two wide
+            width += 1
+        elif unicodedata.combining(ch):
+            continue
+        else:
+            width += 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
+    return width
+
+
+def pad_to_width(text: str, width: int) -> str:
+    """``text`` followed by spaces up to ``width`` terminal columns."""
+    return text + " " * (width - display_width(text))

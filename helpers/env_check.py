@@ -22,12 +22,12 @@ import subprocess
 import sys
 import threading
 import time
-import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from helpers.config import AUTODL_DATA_DISK, DEFAULT_MODEL, Settings, has_weights
+from helpers.display import display_width, pad_to_width
 from helpers.download import free_disk_bytes, offline_mode, required_free_bytes
 
 OK, WARN, FAIL = "✅", "⚠️", "❌"
@@ -599,31 +599,14 @@ def run_checks(settings: Settings | None = None, environ: Mapping[str, str] | No
 
 
 # ------------------------------------------------------------------ the table
-def display_width(text: str) -> int:
-    """Columns ``text`` takes in a terminal (CJK and emoji are two wide)."""
-    width = 0
-    for ch in text:
-        if ch == "\ufe0f":  # emoji presentation selector: the sign before it becomes two wide
-            width += 1
-        elif unicodedata.combining(ch):
-            continue
-        else:
-            width += 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
-    return width
-
-
-def _pad(text: str, width: int) -> str:
-    return text + " " * (width - display_width(text))
-
-
 def format_table(rows: list[CheckRow]) -> str:
     """The rows as an aligned text table, each fix on its own line under its row."""
     name_width = max(display_width(r.name) for r in rows)
-    head = f"{_pad('状态', 4)}  {_pad('检查项', name_width)}  结果"
+    head = f"{pad_to_width('状态', 4)}  {pad_to_width('检查项', name_width)}  结果"
     lines = [head, "─" * max(display_width(head), 60)]
     indent = " " * (4 + 2 + name_width + 2)
     for row in rows:
-        lines.append(f"{_pad(row.status, 4)}  {_pad(row.name, name_width)}  {row.value}")
+        lines.append(f"{pad_to_width(row.status, 4)}  {pad_to_width(row.name, name_width)}  {row.value}")
         if row.fix and row.status != OK:
             lines.append(f"{indent}↳ 修复：{row.fix}")
     lines.append("─" * max(display_width(head), 60))
