@@ -109,11 +109,7 @@ def decode_data_uri(uri: str, max_bytes: int) -> bytes:
     if not sep:
         raise RequestError("malformed data: URI: expected 'data:<type>;base64,<data>'")
     if len(payload) * 3 // 4 > max_bytes:
-        raise RequestError(
-            f"inline media is larger than the {format_bytes(max_bytes)} limit",
-            status_code=413,
-            code="media_too_large",
-        )
+        raise _too_large(max_bytes)
     if not header.lower().endswith(";base64"):
         return unquote(payload).encode("latin-1", errors="replace")
     try:
