@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -23,6 +24,7 @@ AUTODL_DATA_DISK = Path("/root/autodl-tmp")
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
+ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "flash_attention_2", "eager")
 
 # One visual token covers 32x32 pixels (patch 16, spatial merge 2).
 PIXELS_PER_TOKEN = 32 * 32
@@ -61,6 +63,10 @@ class Settings:
     )
     device: str = _setting("auto", "auto, cpu or cuda (auto: cuda when available)")
     dtype: str = _setting("auto", "auto, bfloat16, float16 or float32 (auto: bf16 on GPU, fp32 on CPU)")
+    attn_implementation: str = _setting(
+        "auto",
+        "attention kernel: auto (= sdpa), sdpa, flash_attention_2 (needs a matching flash-attn) or eager",
+    )
 
     # Server
     host: str = _setting("127.0.0.1", "address to listen on (0.0.0.0 exposes the server)")
@@ -94,6 +100,16 @@ class Settings:
     max_images_per_request: int = _setting(4, "most images in one request")
     max_videos_per_request: int = _setting(1, "most videos in one request")
     max_new_tokens_limit: int = _setting(2048, "largest max_tokens a request may ask for")
+    # 32768 tokens of bf16 KV cache on the 4B are 4.5 GiB: with 8.3 GiB of weights and
+    # 2 GiB of runtime overhead one full-length request needs ~15 GiB, inside 24 GB
+    # (notebook 03 shows the arithmetic). Capped at the model's max_position_embeddings.
+    max_model_len: int = _setting(
+        32768, "most tokens per request, prompt (text + images + video) plus max_tokens"
+    )
+    presence_penalty: float = _setting(
+        1.5,
+        "presence_penalty when a request leaves it out (Qwen's model card: 1.5 for Instruct; 0 turns it off)",
+    )
     default_max_new_tokens: int = _setting(512, "max_tokens when a request does not say")
     max_request_bytes: int = _setting(32 * 1024 * 1024, "largest request body accepted")
     max_queue: int = _setting(8, "requests waiting for the model before new ones get 429")
@@ -153,10 +169,19 @@ class Settings:
             raise ConfigError(f"device {self.device!r} is not one of {', '.join(DEVICES)} (or cuda:N)")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
+        if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
+            raise ConfigError(
+                f"attn_implementation {self.attn_implementation!r} is not one of "
+                + ", ".join(ATTN_IMPLEMENTATIONS)
+            )
+        if not -2.0 <= self.presence_penalty <= 2.0:
+            raise ConfigError(f"presence_penalty must be between -2 and 2, got {self.presence_penalty}")
         if not 1 <= self.port <= 65535:
             raise ConfigError(f"port {self.port} is outside 1-65535")
         positive = [
-            f.name for f in fields(self) if f.type in ("int", "float", int, float) and f.name != "port"
+            f.name
+            for f in fields(self)
+            if f.type in ("int", "float", int, float) and f.name not in ("port", "presence_penalty")
         ]
         for name in positive:
             if getattr(self, name) <= 0:
@@ -165,6 +190,9 @@ class Settings:
             raise ConfigError("image_min_pixels is larger than image_max_pixels")
         if self.video_min_pixels > self.video_max_pixels:
             raise ConfigError("video_min_pixels is larger than video_max_pixels")
+        for name in ("media_timeout", "video_fps", "video_max_seconds", "presence_penalty"):
+            if not math.isfinite(getattr(self, name)):
+                raise ConfigError(f"{env_name(name)} must be a finite number")
         if self.default_max_new_tokens > self.max_new_tokens_limit:
             raise ConfigError("default_max_new_tokens is larger than max_new_tokens_limit")
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib.util
-import math
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,7 +27,7 @@ from typing import Any
 import torch
 
 from helpers.config import Settings
-from helpers.errors import RequestError
+from helpers.errors import RequestError, check_int, check_number
 from helpers.messages import normalize_messages
 
 MAX_STOP_SEQUENCES = 4
@@ -65,20 +64,20 @@ class SamplingParams:
         """Check every parameter and raise :class:`RequestError` with the rule it broke."""
         if max_new_tokens is None:
             max_new_tokens = settings.default_max_new_tokens
-        _check_int("max_tokens", max_new_tokens, 1, settings.max_new_tokens_limit)
+        check_int("max_tokens", max_new_tokens, 1, settings.max_new_tokens_limit)
         if temperature is not None:
-            _check_number("temperature", temperature, 0.0, 2.0)
+            check_number("temperature", temperature, 0.0, 2.0)
         if top_p is not None:
-            _check_number("top_p", top_p, 0.0, 1.0)
+            check_number("top_p", top_p, 0.0, 1.0)
             if top_p == 0:
                 raise RequestError(
                     "top_p must be greater than 0 (use temperature=0 for greedy)", param="top_p"
                 )
         if top_k is not None:
-            _check_int("top_k", top_k, -1, 1_000_000)
+            check_int("top_k", top_k, -1, 1_000_000)
             top_k = 0 if top_k == -1 else top_k  # -1 (vLLM) and 0 (transformers) both mean "off"
         if seed is not None:
-            _check_int("seed", seed, 0, 2**63 - 1)
+            check_int("seed", seed, 0, 2**63 - 1)
         if isinstance(stop, str):
             stop = [stop]
         stop = tuple(stop or ())
@@ -99,20 +98,6 @@ class SamplingParams:
         if given:  # anything given means sampling; what is left out keeps the model's default
             kwargs["do_sample"] = True
         return {**kwargs, **given}
-
-
-def _check_number(name: str, value: Any, low: float, high: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise RequestError(f"{name} must be a number, got {value!r}", param=name)
-    if not low <= value <= high:
-        raise RequestError(f"{name} must be between {low:g} and {high:g}, got {value}", param=name)
-
-
-def _check_int(name: str, value: Any, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise RequestError(f"{name} must be an integer, got {value!r}", param=name)
-    if not low <= value <= high:
-        raise RequestError(f"{name} must be between {low} and {high}, got {value}", param=name)
 
 
 # -------------------------------------------------------------------- results
