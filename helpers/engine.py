@@ -28,7 +28,7 @@ import torch
 
 from helpers.config import Settings
 from helpers.errors import RequestError, check_int, check_number
-from helpers.messages import normalize_messages
+from helpers.messages import normalize_messages, vision_inputs
 
 MAX_STOP_SEQUENCES = 4
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -427,13 +427,10 @@ class Engine:
     # ------------------------------------------------------------- inputs
     def prepare(self, messages: Any) -> Prepared:
         """Normalise ``messages``, load their media and build model inputs (no generation)."""
-        from qwen_vl_utils import process_vision_info
-
         qwen_messages = normalize_messages(messages, self.settings)
         prompt = self.processor.apply_chat_template(qwen_messages, tokenize=False, add_generation_prompt=True)
-        images, videos, video_kwargs = process_vision_info(
-            qwen_messages, image_patch_size=16, return_video_kwargs=True, return_video_metadata=True
-        )
+        # process_vision_info's results, with videos at the size they were decoded to (no second resize)
+        images, videos, video_kwargs = vision_inputs(qwen_messages)
         metadata = None
         if videos:
             videos, metadata = map(list, zip(*videos, strict=True))

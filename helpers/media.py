@@ -23,7 +23,7 @@ import binascii
 import ipaddress
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from io import BytesIO
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,7 +31,14 @@ from urllib.parse import unquote, urljoin, urlsplit
 
 from PIL import Image, UnidentifiedImageError
 
-from helpers.costs import format_bytes, plan_frames
+from helpers.costs import (
+    FACTOR,
+    PIXELS_PER_TOKEN,
+    TEMPORAL_PATCH_SIZE,
+    budget_resize,
+    format_bytes,
+    plan_frames,
+)
 from helpers.errors import RequestError
 
 if TYPE_CHECKING:
@@ -315,50 +322,196 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+# ----------------------------------------------------------------------- sizes
+MIN_PICTURE_PIXELS = 4 * PIXELS_PER_TOKEN  # the smallest budget a part may ask for: 4 visual tokens
+MAX_ASPECT_RATIO = 200  # the processor refuses longer strips
+
+
+def fit_size(width: int, height: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """``(width, height)`` a picture or frame is scaled to: multiples of 32, the area in the budget.
+
+    Refuses (400, with the rule) the shapes the processor cannot take: an aspect
+    ratio over 200:1, or a budget so small that a side would round to 0 px
+    (qwen-vl-utils would divide by zero there).
+    """
+    ratio = max(width, height) / max(1, min(width, height))
+    if ratio > MAX_ASPECT_RATIO:
+        raise RequestError(
+            f"cannot resize a {width}x{height} picture: its aspect ratio {ratio:.0f}:1 is over the "
+            f"{MAX_ASPECT_RATIO}:1 the model accepts; crop it first"
+        )
+    try:
+        new_h, new_w = budget_resize(width, height, min_pixels, max_pixels)
+    except (ValueError, ZeroDivisionError, AssertionError) as exc:
+        raise RequestError(f"cannot resize a {width}x{height} picture: {exc}") from None
+    if min(new_w, new_h) < FACTOR or max(new_w, new_h) > MAX_ASPECT_RATIO * min(new_w, new_h):
+        raise RequestError(
+            f"cannot resize a {width}x{height} picture into {max_pixels:,} pixels: every side must be "
+            f"at least {FACTOR} px after resizing (and the aspect ratio at most {MAX_ASPECT_RATIO}:1); "
+            "raise max_pixels or crop the picture"
+        )
+    return new_w, new_h
+
+
 # ---------------------------------------------------------------------- videos
+# Frame threads each hold a full-size frame: a few are fast enough and keep memory bounded.
+DECODER_THREADS = 4
+SEEK_GAP = 2.0  # seconds: a sampling instant further ahead than this is reached by seeking
+
+
+@dataclass(frozen=True)
+class VideoOptions:
+    """How to sample one video: the Qwen-native keys of a video part, already validated.
+
+    ``None`` means "the server's setting". :func:`helpers.messages.video_part`
+    builds this from a request; notebooks may build it directly.
+    """
+
+    fps: float | None = None  # frames per second to sample
+    nframes: int | None = None  # exactly this many frames, spread over the clip (instead of fps)
+    min_frames: int | None = None  # with fps: at least this many frames
+    max_frames: int | None = None  # with fps: at most this many (never above video_max_frames)
+    start: float | None = None  # video_start: seconds into the file where the clip begins
+    end: float | None = None  # video_end: seconds into the file where it ends
+    min_pixels: int | None = None  # per-frame budget
+    max_pixels: int | None = None
+    total_pixels: int | None = None  # frames x pixels per frame stay within this (token budget x 1024)
+    size: tuple[int, int] | None = None  # (width, height) asked with resized_width / resized_height
+
+
 @dataclass
 class VideoClip:
-    """Frames sampled from a video, with what the processor needs for timestamps."""
+    """Frames sampled from a video, upright and already at the size the model sees."""
 
     frames: list[Image.Image]
     sample_fps: float  # frames per second of the sampled list
     duration: float  # seconds of the source video
     source_fps: float
-    width: int
+    width: int  # upright size of the source
     height: int
+    times: list[float] = field(default_factory=list)  # seconds into the source, one per frame
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        """(width, height) of every frame: the size handed to the model."""
+        return self.frames[0].size
+
+    def metadata(self) -> dict[str, Any]:
+        """The ``video_metadata`` the processor turns into ``<t seconds>`` timestamps.
+
+        It computes ``frames_indices[i] / fps``; source frame numbers at the
+        source rate give each frame the time it really has in the file.
+        """
+        fps = self.source_fps or self.sample_fps
+        return {
+            "fps": fps,
+            "frames_indices": [round(t * fps) for t in self.times],
+            "total_num_frames": max(1, round(self.duration * fps)),
+            "duration": self.duration,
+            "video_backend": "pyav",
+        }
 
 
-def load_video(source: Any, settings: Settings, fps: float | None = None) -> VideoClip:
-    """Sample a video at ``fps`` (capped at ``video_max_frames``) from a file, URL, data: URI or frames."""
-    fps = settings.video_fps if fps is None else fps
+def load_video(
+    source: Any, settings: Settings, fps: float | None = None, options: VideoOptions | None = None
+) -> VideoClip:
+    """Sample a video from a file, URL, data: URI or list of frames, frames scaled to the budget.
+
+    ``fps`` is a shortcut for ``options.fps``; frames are capped at
+    ``settings.video_max_frames`` and sized by the settings' per-frame budget
+    unless ``options`` lowers them.
+    """
+    options = options or VideoOptions()
+    if fps is not None:
+        options = replace(options, fps=fps)
     if isinstance(source, (list, tuple)):
-        return _clip_from_frames(list(source), settings, fps)
+        return _clip_from_frames(list(source), settings, options)
     if not isinstance(source, str) or not source.strip():
         raise RequestError("video must be a URL, a data: URI, a file path or a list of frames")
     data = read_source(source.strip(), settings)
-    return decode_video(data, settings, fps)
+    return decode_video(data, settings, options)
 
 
-def _clip_from_frames(frames: list[Any], settings: Settings, fps: float) -> VideoClip:
+def frame_size(
+    width: int, height: int, frames: int, options: VideoOptions, settings: Settings
+) -> tuple[int, int]:
+    """(width, height) of every frame of an upright ``width`` x ``height`` video sampled to ``frames``."""
+    low = settings.video_min_pixels if options.min_pixels is None else options.min_pixels
+    high = settings.video_max_pixels if options.max_pixels is None else options.max_pixels
+    if options.total_pixels is not None:  # two frames merge into one set of tokens
+        high = min(high, max(MIN_PICTURE_PIXELS, options.total_pixels * TEMPORAL_PATCH_SIZE // frames))
+    if options.size is not None:  # an explicit size wins within [floor, max]
+        width, height = options.size
+        low = MIN_PICTURE_PIXELS
+    return fit_size(width, height, min(low, high), high)
+
+
+def plan_sampling(window: float, options: VideoOptions, settings: Settings) -> tuple[int, float]:
+    """(frames, sample_fps) for ``window`` seconds: fps (with min/max_frames) or nframes, capped."""
+    cap = settings.video_max_frames
+    if options.max_frames is not None:
+        cap = min(cap, options.max_frames)
+    cap = max(TEMPORAL_PATCH_SIZE, cap - cap % TEMPORAL_PATCH_SIZE)
+    if options.nframes is not None:
+        count = min(cap, options.nframes + options.nframes % TEMPORAL_PATCH_SIZE)
+        return count, count / window
+    fps = settings.video_fps if options.fps is None else options.fps
+    count, sample_fps = plan_frames(window, fps, cap)
+    if options.min_frames is not None and count < options.min_frames:
+        count = min(cap, options.min_frames + options.min_frames % TEMPORAL_PATCH_SIZE)
+        sample_fps = count / window
+    if (count - 1) / sample_fps > window:  # too short for two frames at fps: spread them instead
+        sample_fps = count / window
+    return count, sample_fps
+
+
+def _clip_from_frames(frames: list[Any], settings: Settings, options: VideoOptions) -> VideoClip:
     if not frames:
         raise RequestError("video frame list is empty")
+    for key, value in (
+        ("nframes", options.nframes),
+        ("min_frames", options.min_frames),
+        ("max_frames", options.max_frames),
+        ("video_start", options.start),
+        ("video_end", options.end),
+    ):
+        if value is not None:
+            raise RequestError(f"{key} applies to video files, not to a list of frames", param=key)
     if len(frames) > settings.video_max_frames:
         raise RequestError(
             f"video has {len(frames)} frames; at most {settings.video_max_frames} are accepted",
             status_code=413,
             code="video_too_long",
         )
-    images = [load_image(frame, settings) for frame in frames]
-    if len(images) % 2:  # the model merges frame pairs
-        images.append(images[-1])
-    width, height = images[0].size
-    return VideoClip(images, fps, len(frames) / fps, fps, width, height)
+    fps = settings.video_fps if options.fps is None else options.fps
+    count = len(frames) + len(frames) % TEMPORAL_PATCH_SIZE  # the model merges frame pairs
+    pictures: list[Image.Image] = []
+    size = None
+    width = height = 0
+    for frame in frames:  # one full-size picture in memory at a time
+        image = load_image(frame, settings)
+        if size is None:
+            width, height = image.size
+            size = frame_size(width, height, count, options, settings)
+        pictures.append(image if image.size == size else image.resize(size, Image.Resampling.BICUBIC))
+        del image
+    if len(pictures) < count:
+        pictures.append(pictures[-1])
+    times = [i / fps for i in range(len(frames))] + [(len(frames) - 1) / fps] * (count - len(frames))
+    return VideoClip(pictures, fps, len(frames) / fps, fps, width, height, times)
 
 
-def decode_video(data: bytes | Path, settings: Settings, fps: float) -> VideoClip:
-    """Decode with PyAV: check duration and size, then keep one frame per sampling instant."""
+def decode_video(data: bytes | Path, settings: Settings, options: VideoOptions | None = None) -> VideoClip:
+    """Decode with PyAV: check duration and size, then keep one scaled, upright frame per instant.
+
+    Frames are scaled inside FFmpeg straight to the size the model sees, so no
+    full-size picture is kept. Times count from the stream's own start (its
+    ``start_time`` is not always 0), and the display rotation a phone records
+    is applied.
+    """
     import av
 
+    options = options or VideoOptions()
     try:
         with av.open(
             BytesIO(data) if isinstance(data, bytes) else str(data), metadata_errors="ignore"
@@ -369,6 +522,7 @@ def decode_video(data: bytes | Path, settings: Settings, fps: float) -> VideoCli
                 raise RequestError("this is a still image, not a video: send it as an image part")
             stream = box.streams.video[0]
             stream.thread_type = "AUTO"
+            stream.codec_context.thread_count = DECODER_THREADS
             width, height = stream.codec_context.width, stream.codec_context.height
             if width * height > settings.max_image_input_pixels:
                 raise RequestError(
@@ -381,8 +535,12 @@ def decode_video(data: bytes | Path, settings: Settings, fps: float) -> VideoCli
                     status_code=413,
                     code="video_too_long",
                 )
-            count, sample_fps = plan_frames(duration, fps, settings.video_max_frames)
-            frames = _sample(box, stream, [i / sample_fps for i in range(count)])
+            start, end = _window(options, duration)
+            count, sample_fps = plan_sampling(end - start, options, settings)
+            picture = _Scaler(count, options, settings)
+            frames, times = _sample(
+                box, stream, _origin(stream), [start + i / sample_fps for i in range(count)], picture
+            )
             source_fps = float(stream.average_rate or 0) or sample_fps
     except RequestError:
         raise
@@ -392,7 +550,64 @@ def decode_video(data: bytes | Path, settings: Settings, fps: float) -> VideoCli
         raise RequestError("the video contains no decodable frames")
     while len(frames) < count:  # the container overstated its duration
         frames.append(frames[-1])
-    return VideoClip(frames, sample_fps, duration, source_fps, width, height)
+        times.append(times[-1])
+    width, height = picture.upright
+    return VideoClip(frames, sample_fps, duration, source_fps, width, height, times)
+
+
+def _window(options: VideoOptions, duration: float) -> tuple[float, float]:
+    """The (start, end) seconds to sample from: video_start / video_end, clamped to the clip."""
+    start = options.start or 0.0
+    end = duration if options.end is None else min(options.end, duration)
+    if start >= duration:
+        raise RequestError(
+            f"video_start {start:g} s is at or past the end of the {duration:.1f} s video",
+            param="video_start",
+        )
+    if end <= start:
+        raise RequestError(f"video_end {end:g} s must come after video_start {start:g} s", param="video_end")
+    return start, end
+
+
+class _Scaler:
+    """Turns a decoded frame into an upright RGB picture at the model's size, scaling inside FFmpeg.
+
+    The size is decided at the first frame, whose display matrix says how the
+    camera was held.
+    """
+
+    def __init__(self, frames: int, options: VideoOptions, settings: Settings) -> None:
+        self.frames, self.options, self.settings = frames, options, settings
+        self.turns = 0  # quarter turns counter-clockwise
+        self.coded: tuple[int, int] | None = None  # (width, height) to scale to before turning
+        self.upright = (0, 0)  # upright size of the source
+
+    def __call__(self, frame) -> Image.Image:
+        if self.coded is None:
+            self.turns = round((frame.rotation or 0) / 90) % 4
+            width, height = frame.width, frame.height
+            self.upright = (height, width) if self.turns % 2 else (width, height)
+            w, h = frame_size(*self.upright, self.frames, self.options, self.settings)
+            self.coded = (h, w) if self.turns % 2 else (w, h)
+        width, height = self.coded
+        picture = frame.to_image(width=width, height=height, interpolation="BICUBIC")
+        if self.turns:
+            picture = picture.transpose(QUARTER_TURNS[self.turns])
+        return picture
+
+
+QUARTER_TURNS = {
+    1: Image.Transpose.ROTATE_90,  # PIL turns counter-clockwise, as the display matrix does
+    2: Image.Transpose.ROTATE_180,
+    3: Image.Transpose.ROTATE_270,
+}
+
+
+def _origin(stream) -> float:
+    """Seconds of the stream's first timestamp (MPEG-TS and edited MP4 files rarely start at 0)."""
+    if stream.start_time is not None and stream.time_base:
+        return float(stream.start_time * stream.time_base)
+    return 0.0
 
 
 def _duration(box, stream) -> float:
@@ -401,32 +616,47 @@ def _duration(box, stream) -> float:
     if box.duration:
         return box.duration / 1_000_000
     # No duration in the header (common for WebM): scan packet timestamps, no decoding.
-    last = 0.0
+    first = last = None
     for packet in box.demux(stream):
         if packet.pts is not None and packet.time_base:
-            last = max(last, float(packet.pts * packet.time_base))
+            time_s = float(packet.pts * packet.time_base)
+            first = time_s if first is None else min(first, time_s)
+            last = time_s if last is None else max(last, time_s)
     box.seek(0)
+    if first is None or last is None:
+        return 0.0
     rate = float(stream.average_rate or 0)
-    return last + (1 / rate if rate else 0)
+    return last - first + (1 / rate if rate else 0)
 
 
-def _sample(box, stream, times: list[float]) -> list[Image.Image]:
-    """The first frame at or after each instant in ``times`` (sorted), seeking over long gaps."""
+def _sample(
+    box, stream, origin: float, instants: list[float], picture
+) -> tuple[list[Image.Image], list[float]]:
+    """The first frame at or after each instant (seconds from ``origin``, sorted), and its time.
+
+    Frames become small pictures as soon as they are decoded; long gaps are
+    crossed by seeking to the key frame before the next instant.
+    """
     frames: list[Image.Image] = []
+    times: list[float] = []
     position = 0.0
     index = 0
-    while index < len(times):
-        if times[index] - position > 2.0:  # far ahead: jump to the key frame before it
-            box.seek(int(times[index] / stream.time_base), stream=stream, backward=True)
+    while index < len(instants):
+        if instants[index] - position > SEEK_GAP:  # far ahead: jump to the key frame before it
+            box.seek(int((origin + instants[index]) / stream.time_base), stream=stream, backward=True)
         found = False
         for frame in box.decode(stream):
-            position = float(frame.time or 0.0)
-            while index < len(times) and position + 1e-3 >= times[index]:
-                frames.append(frame.to_image())
+            if frame.time is not None:
+                position = frame.time - origin
+            taken = None
+            while index < len(instants) and position + 1e-3 >= instants[index]:
+                taken = taken or picture(frame)
+                frames.append(taken)
+                times.append(position)
                 index += 1
                 found = True
-            if index >= len(times) or (found and times[index] - position > 2.0):
+            if index >= len(instants) or (found and instants[index] - position > SEEK_GAP):
                 break
         else:
             break  # end of stream
-    return frames
+    return frames, times
