@@ -146,7 +146,7 @@ VIDEO_OPTIONS = IMAGE_OPTIONS | {
 MIN_FPS, MAX_FPS = 0.01, 30.0
 MAX_PIXEL_REQUEST = 10**12  # larger budgets are only clamped to the server's; this just bounds the number
 MAX_SIDE = 100_000
-MAX_SECONDS = 10**7
+MIN_SECONDS, MAX_SECONDS = 0.01, 10**7  # video_end / video_start range
 
 
 def pixel_budget(
@@ -250,7 +250,7 @@ def video_options(options: Mapping[str, Any], settings: Settings, where: str = "
     min_frames = count("min_frames", 1, cap)
     max_frames = count("max_frames", 2, 10**9)
     start = number("video_start", 0.0, MAX_SECONDS)
-    end = number("video_end", 0.0, MAX_SECONDS)
+    end = number("video_end", MIN_SECONDS, MAX_SECONDS)
     total = number("total_pixels", MIN_PICTURE_PIXELS, MAX_PIXEL_REQUEST)
     if nframes is not None:
         for other in ("fps", "min_frames", "max_frames"):

@@ -46,8 +46,20 @@ def media_dir(engine) -> Path:
     return engine.settings.allowed_local_media_path[0]
 
 
-def write_clip(path: Path, seconds: float = 3.0, fps: int = 8, size: tuple[int, int] = (128, 96)) -> Path:
-    """Encode a small H.264 clip with PyAV: a white bar moving right, a top strip whose red is 8 x index."""
+def write_clip(
+    path: Path,
+    seconds: float = 3.0,
+    fps: int = 8,
+    size: tuple[int, int] = (128, 96),
+    first_pts: int = 0,
+    rotation: int = 0,
+) -> Path:
+    """Encode a small H.264 clip with PyAV: a white bar moving right, a top strip whose red is 8 x index.
+
+    ``first_pts`` (in frames) makes the stream start later than 0 s; ``rotation``
+    stores a display matrix (degrees counter-clockwise, as phones record portrait clips).
+    The container follows the suffix (``.mp4``, ``.ts``, ...).
+    """
     import av
     import numpy as np
 
@@ -55,12 +67,16 @@ def write_clip(path: Path, seconds: float = 3.0, fps: int = 8, size: tuple[int, 
     with av.open(str(path), "w") as box:
         stream = box.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        if rotation:
+            stream.set_display_rotation(rotation)
         for i in range(round(seconds * fps)):
             frame = np.zeros((height, width, 3), np.uint8)
             frame[:, :, 0] = min(255, i * 8)
             x = (i * 4) % (width - 16)
             frame[16:, x : x + 16] = 255
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+            picture = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            picture.pts = first_pts + i
+            for packet in stream.encode(picture):
                 box.mux(packet)
         for packet in stream.encode():
             box.mux(packet)

@@ -326,3 +326,167 @@ def test_a_list_of_frames_is_a_video(settings):
     clip = media.load_video(frames, settings, fps=1.0)
     assert len(clip.frames) == 6  # padded to an even count
     refused(lambda: media.load_video(frames * 20, settings), 413, "at most 64")
+
+
+# ------------------------------------------------- video: size, time, rotation
+def red_of(frame: Image.Image) -> int:
+    return frame.getpixel((frame.width // 2, 2))[0]  # the top strip: red = 8 x source frame index
+
+
+def test_video_frames_are_decoded_straight_to_the_budget_size(settings, root):
+    write_clip(root / "hd.mp4", seconds=0.25, fps=8, size=(1920, 1080))
+    clip = media.load_video("hd.mp4", settings)
+    assert (clip.width, clip.height) == (1920, 1080)  # the source
+    expected = media.fit_size(1920, 1080, settings.video_min_pixels, settings.video_max_pixels)
+    assert expected == (672, 384)
+    assert {frame.size for frame in clip.frames} == {expected}
+
+
+def test_a_smaller_per_frame_budget_gives_smaller_frames(settings, root):
+    write_clip(root / "hd.mp4", seconds=0.25, fps=8, size=(1920, 1080))
+    options = media.VideoOptions(min_pixels=64 * 1024, max_pixels=64 * 1024)
+    clip = media.load_video("hd.mp4", settings, options=options)
+    width, height = clip.frame_size
+    assert width * height <= 64 * 1024 and width % 32 == 0 and height % 32 == 0
+
+
+@pytest.mark.parametrize(("name", "first_pts"), [("late.mp4", 16), ("stream.ts", 0), ("late.ts", 12)])
+def test_sampling_counts_from_the_stream_start_time(settings, root, name, first_pts):
+    write_clip(root / name, seconds=3.0, fps=8, first_pts=first_pts)
+    clip = media.load_video(name, settings, fps=2.0)
+    assert len(clip.frames) == 6 and abs(clip.duration - 3.0) < 0.2
+    # at 2 fps we want source frames 0, 4, 8, ...: no repeated first frame, the last second kept
+    reds = [red_of(frame) for frame in clip.frames]
+    assert all(abs(r - 32 * k) <= 8 for k, r in enumerate(reds)), reds
+    assert clip.times == pytest.approx([0.0, 0.5, 1.0, 1.5, 2.0, 2.5], abs=0.01)
+
+
+def is_white(frame: Image.Image, x: float, y: float) -> bool:
+    return frame.getpixel((int(x * (frame.width - 1)), int(y * (frame.height - 1))))[1] > 200
+
+
+@pytest.mark.parametrize(
+    ("rotation", "white", "black"),
+    [
+        # frame 0 is black with a white bar down the left edge, except over the top strip
+        (0, (0.03, 0.6), (0.03, 0.05)),
+        (-90, (0.4, 0.03), (0.97, 0.03)),  # turned clockwise: the bar runs along the top
+        (90, (0.6, 0.97), (0.03, 0.97)),  # counter-clockwise: along the bottom
+        (180, (0.97, 0.4), (0.97, 0.97)),
+    ],
+)
+def test_rotated_clips_reach_the_model_upright(settings, root, rotation, white, black):
+    write_clip(root / "phone.mp4", seconds=1.0, fps=4, size=(128, 96), rotation=rotation)
+    clip = media.load_video("phone.mp4", settings, fps=2.0)
+    upright = (96, 128) if rotation % 180 else (128, 96)
+    assert (clip.width, clip.height) == upright
+    width, height = clip.frame_size
+    assert (width < height) == (rotation % 180 != 0)
+    first = clip.frames[0]
+    assert is_white(first, *white) and not is_white(first, *black)
+
+
+def test_video_start_and_end_cut_the_clip_and_keep_file_times(settings, root):
+    write_clip(root / "clip.mp4", seconds=4.0, fps=8)
+    options = media.VideoOptions(fps=2.0, start=1.0, end=3.0)
+    clip = media.load_video("clip.mp4", settings, options=options)
+    assert clip.times == pytest.approx([1.0, 1.5, 2.0, 2.5], abs=0.01)
+    assert [red_of(f) for f in clip.frames] == pytest.approx([64, 96, 128, 160], abs=8)
+    metadata = clip.metadata()
+    assert [i / metadata["fps"] for i in metadata["frames_indices"]] == pytest.approx(clip.times)
+
+
+@pytest.mark.parametrize(
+    ("options", "frames", "sample_fps"),
+    [
+        (media.VideoOptions(nframes=4), 4, 4 / 3),
+        (media.VideoOptions(nframes=5), 6, 2.0),  # rounded up to pairs
+        (media.VideoOptions(fps=2.0, max_frames=2), 2, 2 / 3),
+        (media.VideoOptions(fps=1.0, min_frames=8), 8, 8 / 3),
+        (media.VideoOptions(fps=0.01), 2, 2 / 3),  # too slow for two frames: spread over the clip
+    ],
+)
+def test_nframes_min_and_max_frames_steer_sampling(settings, root, options, frames, sample_fps):
+    write_clip(root / "clip.mp4", seconds=3.0, fps=8)
+    clip = media.load_video("clip.mp4", settings, options=options)
+    assert len(clip.frames) == frames and clip.sample_fps == pytest.approx(sample_fps)
+    assert clip.times == sorted(clip.times) and clip.times[-1] < 3.0
+    assert len({red_of(f) // 8 for f in clip.frames}) == frames  # distinct source frames
+
+
+def test_frame_counts_never_exceed_the_server_cap(settings, root):
+    write_clip(root / "clip.mp4", seconds=3.0, fps=8)
+    capped = settings.replace(video_max_frames=4)
+    assert len(media.load_video("clip.mp4", capped, options=media.VideoOptions(max_frames=100)).frames) == 4
+
+
+def test_total_pixels_bounds_frames_times_pixels(settings, root):
+    write_clip(root / "clip.mp4", seconds=4.0, fps=8, size=(640, 480))
+    total = 200 * 1024  # 200 visual tokens for the whole clip
+    clip = media.load_video("clip.mp4", settings, options=media.VideoOptions(fps=2.0, total_pixels=total))
+    width, height = clip.frame_size
+    assert len(clip.frames) == 8
+    assert len(clip.frames) // 2 * width * height <= total
+
+
+def test_frame_lists_are_resized_once_to_the_budget(settings):
+    frames = [Image.new("RGB", (1920, 1080), (i * 40, 0, 0)) for i in range(3)]
+    clip = media.load_video(frames, settings, fps=1.0)
+    assert len(clip.frames) == 4 and {f.size for f in clip.frames} == {(672, 384)}
+    assert clip.times == [0.0, 1.0, 2.0, 2.0]
+    with pytest.raises(RequestError) as info:
+        media.load_video(frames, settings, options=media.VideoOptions(start=1.0))
+    assert info.value.param == "video_start"
+
+
+@pytest.mark.parametrize(
+    ("size", "max_pixels", "match"),
+    [
+        ((5000, 10), 1280 * 1024, "aspect ratio 500:1"),
+        ((6000, 40), 4 * 1024, "at least 32 px"),  # 150:1 squeezed into 4 tokens: a side rounds to 0
+    ],
+)
+def test_shapes_the_processor_cannot_take_are_400_with_the_rule(size, max_pixels, match):
+    with pytest.raises(RequestError, match=match) as info:
+        media.fit_size(*size, 4 * 1024, max_pixels)
+    assert info.value.status_code == 400
+
+
+# ------------------------------------------------- video through the engine
+def test_an_hd_clip_reaches_the_processor_at_the_size_it_was_decoded_to(engine, media_dir):
+    import numpy as np
+
+    from helpers.messages import normalize_messages, vision_inputs
+
+    write_clip(media_dir / "hd.mp4", seconds=0.25, fps=8, size=(1920, 1080))
+    messages = [{"role": "user", "content": [{"type": "video", "video": "hd.mp4"}]}]
+    part = normalize_messages(messages, engine.settings)[0]["content"][0]
+    assert (part["resized_width"], part["resized_height"]) == (672, 384)
+    _, videos, _ = vision_inputs([{"role": "user", "content": [part]}])
+    frames, metadata = videos[0]
+    # handed over unchanged: no resize to multiples of 64 and back (qwen-vl-utils' frame-list path)
+    assert frames.dtype.is_floating_point is False and tuple(frames.shape) == (2, 3, 384, 672)
+    decoded = np.stack([np.asarray(frame) for frame in part["video"]])
+    assert np.array_equal(frames.permute(0, 2, 3, 1).numpy(), decoded)
+    assert metadata["fps"] == 8
+    prepared = engine.prepare(messages)
+    assert prepared.inputs["video_grid_thw"].tolist() == [[1, 384 // 16, 672 // 16]]
+
+
+def test_a_portrait_phone_clip_reaches_the_engine_upright(engine, media_dir):
+    write_clip(media_dir / "phone.mp4", seconds=0.5, fps=4, size=(128, 96), rotation=-90)
+    prepared = engine.prepare([{"role": "user", "content": [{"type": "video", "video": "phone.mp4"}]}])
+    s = engine.settings
+    width, height = media.fit_size(96, 128, s.video_min_pixels, s.video_max_pixels)
+    assert height > width
+    assert prepared.inputs["video_grid_thw"].tolist() == [[1, height // 16, width // 16]]
+
+
+def test_prompt_timestamps_follow_video_start(engine, media_dir):
+    import re
+
+    write_clip(media_dir / "clip.mp4", seconds=4.0, fps=8)
+    part = {"type": "video", "video": "clip.mp4", "fps": 2, "video_start": 1.0, "video_end": 3.0}
+    prepared = engine.prepare([{"role": "user", "content": [part]}])
+    prompt = engine.processor.tokenizer.decode(prepared.inputs["input_ids"][0])
+    assert re.findall(r"<(\d+\.\d) seconds>", prompt) == ["1.2", "2.2"]

@@ -132,3 +132,127 @@ def test_extreme_aspect_ratio_is_refused(settings, tmp_path):
     write_image(tmp_path / "strip.png", size=(5000, 10))
     with pytest.raises(RequestError, match="aspect ratio"):
         normalize_messages(user({"type": "image", "image": "strip.png"}), settings)
+
+
+# ------------------------------------------- numbers and keys of media parts
+BAD_NUMBERS = [float("nan"), float("inf"), float("-inf"), 1e400, 1e-300]
+VIDEO_NUMBER_KEYS = [
+    "min_pixels",
+    "max_pixels",
+    "total_pixels",
+    "fps",
+    "nframes",
+    "min_frames",
+    "max_frames",
+    "video_end",
+    "resized_width",
+    "resized_height",
+]
+IMAGE_NUMBER_KEYS = ["min_pixels", "max_pixels", "resized_width", "resized_height"]
+
+
+MEDIA_NUMBER_FIELDS = (
+    [({"type": "video", "video": "clip.mp4"}, key) for key in [*VIDEO_NUMBER_KEYS, "video_start"]]
+    + [({"type": "video_url", "video_url": {"url": "clip.mp4"}}, "fps")]
+    + [({"type": "image", "image": "photo.png"}, key) for key in IMAGE_NUMBER_KEYS]
+)
+
+
+@pytest.mark.parametrize(
+    ("part", "key", "value"),
+    [
+        pytest.param(part, key, value, id=f"{part['type']}-{key}-{value!r}")
+        for part, key in MEDIA_NUMBER_FIELDS
+        for value in BAD_NUMBERS
+        if not (key == "video_start" and value == 1e-300)  # a valid start: 0 s, see below
+    ],
+)
+def test_non_finite_and_absurd_numbers_in_media_parts_are_400_naming_the_field(settings, part, key, value):
+    other = {"resized_width": 320, "resized_height": 240} if key.startswith("resized_") else {}
+    bad = {**part, **other, key: value}
+    with pytest.raises(RequestError) as info:
+        normalize_messages(user({"type": "text", "text": "?"}, bad), settings)
+    assert info.value.status_code == 400
+    assert info.value.param == f"messages[0].content[1].{key}"
+    assert key in info.value.message
+
+
+def test_a_start_time_of_1e_minus_300_seconds_is_the_start(settings):
+    (out,) = normalize_messages(user({"type": "video", "video": "clip.mp4", "video_start": 1e-300}), settings)
+    assert len(out["content"][0]["video"]) == 4
+
+
+@pytest.mark.parametrize(
+    ("extra", "key", "match"),
+    [
+        ({"fps": 40}, "fps", "between 0.01 and 30"),
+        ({"nframes": 65}, "nframes", "between 2 and 64"),
+        ({"nframes": 4, "fps": 2}, "fps", "either nframes or fps"),
+        ({"min_frames": 8, "max_frames": 4}, "min_frames", "larger than max_frames"),
+        ({"video_start": 2, "video_end": 1}, "video_end", "must come after"),
+        ({"video_start": 5}, "video_start", "past the end"),
+        ({"min_pixels": 1000}, "min_pixels", "between 4096"),
+        ({"total_pixels": 100}, "total_pixels", "between 4096"),
+        ({"resized_width": 320}, "resized_height", "together"),
+        ({"max_pixels": "many"}, "max_pixels", "must be a number"),
+        ({"nframes": True}, "nframes", "must be an integer"),
+        ({"detail": "high"}, "detail", "not a key of a"),
+        ({"sample_fps": 2}, "sample_fps", "not a key of a"),
+    ],
+)
+def test_video_keys_outside_their_rules_are_400_naming_the_key(settings, extra, key, match):
+    part = {"type": "video", "video": "clip.mp4", **extra}
+    with pytest.raises(RequestError, match=match) as info:
+        normalize_messages(user(part), settings)
+    assert info.value.param == f"messages[0].content[0].{key}" and info.value.status_code == 400
+
+
+def test_unknown_keys_of_an_image_part_are_refused(settings):
+    with pytest.raises(RequestError, match="not a key of an image part") as info:
+        normalize_messages(user({"type": "image", "image": "photo.png", "fps": 2}), settings)
+    assert info.value.param == "messages[0].content[0].fps"
+
+
+def test_qwen_native_video_keys_are_honoured(settings):
+    part = {
+        "type": "video",
+        "video": "clip.mp4",
+        "nframes": 2,
+        "video_start": 0.5,
+        "total_pixels": 64 * 1024,
+        "min_pixels": 8 * 1024,
+    }
+    (out,) = normalize_messages(user(part), settings)
+    video = out["content"][0]
+    assert len(video["video"]) == 2
+    assert video["resized_width"] * video["resized_height"] <= 64 * 1024
+    times = [i / video["video_metadata"]["fps"] for i in video["video_metadata"]["frames_indices"]]
+    assert times == pytest.approx([0.5, 1.25], abs=0.13)
+
+
+def test_resized_width_and_height_set_the_size_within_the_budget(settings):
+    (out,) = normalize_messages(
+        user(
+            {"type": "image", "image": "photo.png", "resized_width": 300, "resized_height": 200},
+            {"type": "video", "video": "clip.mp4", "resized_width": 4000, "resized_height": 3000},
+        ),
+        settings,
+    )
+    image, video = out["content"]
+    assert (image["resized_width"], image["resized_height"]) == (288, 192)
+    assert video["resized_width"] * video["resized_height"] <= settings.video_max_pixels
+    assert video["video"][0].size == (video["resized_width"], video["resized_height"])
+
+
+@pytest.mark.parametrize(
+    ("size", "extra", "match"),
+    [
+        ((2000, 9), {}, "aspect ratio"),
+        ((6000, 40), {"max_pixels": 4096}, "at least 32 px"),
+    ],
+)
+def test_picture_shapes_the_processor_cannot_take_are_400(settings, tmp_path, size, extra, match):
+    write_image(tmp_path / "odd.png", size=size)
+    with pytest.raises(RequestError, match=match) as info:
+        normalize_messages(user({"type": "image", "image": "odd.png", **extra}), settings)
+    assert info.value.status_code == 400
