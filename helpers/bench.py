@@ -49,6 +49,17 @@ Keys of ``bench.json`` (times in seconds unless the name says ``_ms``;
 - ``video_decode``: ``reader`` (str, e.g. ``PyAV 18.1.0``), ``file`` (str), ``fps`` (float, sampling
   rate asked for), ``frames`` (int, frames returned), ``seconds`` (float, median of one
   ``helpers.media.load_video`` call), ``frames_per_s`` (float)
+- ``media_memory``: the largest image request and the largest video request the settings allow
+  (``max_images_per_request`` pictures, or a clip sampled to ``video_max_frames`` frames, each
+  ``max_image_input_pixels`` large; ``--media-pixels`` makes them smaller), each under ``image`` and
+  ``video``: ``input_pixels`` (int, per picture or frame), ``pictures`` (int, pictures or frames
+  handed to the model), ``prompt_tokens`` (int), ``peak_rss_bytes`` (int, growth of the process's
+  peak RSS during ``engine.prepare``; ``null`` where it cannot be read), ``rss_estimate_bytes`` (int,
+  ``helpers.costs.image_host_bytes`` / ``video_host_bytes``), ``rss_ratio`` (float, measured /
+  estimate), ``peak_vram_bytes`` (int, growth of ``torch.cuda.max_memory_allocated`` while the
+  request generates one token), ``vram_estimate_bytes`` (int, its KV cache plus the runtime
+  allowance of ``helpers.costs``), ``vram_ratio`` (float); the three VRAM figures are ``null``
+  without CUDA
 - ``gpu`` (all ``null`` without CUDA): ``name`` (str), ``peak_vram_bytes`` (int,
   ``torch.cuda.max_memory_allocated`` of the in-process engine), ``decode_tokens`` (int),
   ``decode_tokens_per_s`` (float, greedy, after the first token), ``bandwidth_gb_s`` (float, the
@@ -76,6 +87,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import requests
+from PIL import Image
 
 from helpers.assets import CAT_PHOTO_PATH, IMAGES_DIR, MOVING_CLIP_PATH
 from helpers.chat_ui import data_uri
@@ -399,6 +411,132 @@ def video_decode_speed(
     }
 
 
+# --------------------------------------------------------------------- memory
+def _peak_rss_kib() -> int | None:
+    try:
+        status = Path("/proc/self/status").read_text(encoding="ascii")
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return None
+
+
+def peak_rss_growth(fn: Callable[[], Any]) -> tuple[Any, int | None]:
+    """``fn()`` and how far it raised this process's peak RSS, in bytes (None where Linux cannot tell).
+
+    The peak is reset first (``/proc/self/clear_refs``), so earlier work does not hide it.
+    """
+    import gc
+
+    gc.collect()
+    try:
+        Path("/proc/self/clear_refs").write_text("5", encoding="ascii")
+    except OSError:
+        return fn(), None
+    before = _peak_rss_kib()
+    result = fn()
+    after = _peak_rss_kib()
+    return result, None if before is None or after is None else (after - before) * 1024
+
+
+def write_largest_media(folder: Path, pixels: int) -> tuple[Path, Path]:
+    """A JPEG picture and a 2 s H.264 clip (4 distinct frames) of about ``pixels`` pixels, in ``folder``."""
+    import av
+    import numpy as np
+    from PIL import ImageDraw
+
+    side = max(64, math.isqrt(pixels) // 2 * 2)  # even sides for YUV 4:2:0
+    picture = Image.new("RGB", (side, side), (120, 30, 30))
+    ImageDraw.Draw(picture).rectangle((side // 8, side // 8, side // 2, side // 2), fill=(10, 200, 10))
+    image_path = folder / "largest.jpg"
+    picture.save(image_path, quality=90)
+    del picture
+    clip_path = folder / "largest.mp4"
+    with av.open(str(clip_path), "w") as box:
+        stream = box.add_stream("libx264", rate=2, options={"preset": "ultrafast"})
+        stream.width, stream.height, stream.pix_fmt = side, side, "yuv420p"
+        planes = np.full((side * 3 // 2, side), 128, np.uint8)  # Y plane, then U and V
+        for i in range(4):
+            planes[:side] = 40 + 50 * i
+            planes[: side // 4, : side // 4] = 235
+            for packet in stream.encode(av.VideoFrame.from_ndarray(planes, format="yuv420p")):
+                box.mux(packet)
+        for packet in stream.encode():
+            box.mux(packet)
+    return image_path, clip_path
+
+
+def _vram_growth(engine: Engine, fn: Callable[[], Any]) -> int:
+    import torch
+
+    torch.cuda.synchronize(engine.device)
+    torch.cuda.reset_peak_memory_stats(engine.device)
+    before = torch.cuda.memory_allocated(engine.device)
+    fn()
+    return int(torch.cuda.max_memory_allocated(engine.device) - before)
+
+
+def media_memory(engine: Engine, pixels: int | None = None) -> dict[str, dict[str, Any]]:
+    """Peak RSS (and VRAM on a GPU) of the largest image request and video request, against estimates.
+
+    ``pixels`` (default ``max_image_input_pixels``) sizes every picture and frame.
+    """
+    import tempfile
+
+    from helpers import costs
+
+    s = engine.settings
+    frames = s.video_max_frames - s.video_max_frames % costs.TEMPORAL_PATCH_SIZE
+    images = s.max_images_per_request
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="bench-media-") as tmp:
+        image_path, clip_path = write_largest_media(Path(tmp), pixels or s.max_image_input_pixels)
+        local = engine.with_settings(allowed_local_media_path=[Path(tmp)])
+        with Image.open(image_path) as probe:
+            input_pixels = probe.width * probe.height
+        cases = {
+            "image": (
+                [{"type": "image", "image": image_path.name}] * images,
+                images,
+                costs.image_host_bytes(input_pixels, s.image_max_pixels, images),
+            ),
+            "video": (
+                [{"type": "video", "video": clip_path.name, "nframes": frames}],
+                frames,
+                costs.video_host_bytes(input_pixels, s.video_max_pixels, frames),
+            ),
+        }
+        for kind, (content, pictures, estimate) in cases.items():
+            messages = [{"role": "user", "content": [*content, {"type": "text", "text": "?"}]}]
+            prepared, rss = peak_rss_growth(lambda messages=messages: local.prepare(messages))
+            tokens = prepared.prompt_tokens
+            del prepared
+            entry: dict[str, Any] = {
+                "input_pixels": input_pixels,
+                "pictures": pictures,
+                "prompt_tokens": tokens,
+                "peak_rss_bytes": rss,
+                "rss_estimate_bytes": estimate,
+                "rss_ratio": None if rss is None else rss / estimate,
+                "peak_vram_bytes": None,
+                "vram_estimate_bytes": None,
+                "vram_ratio": None,
+            }
+            if str(engine.device).startswith("cuda"):
+                shape = costs.ModelShape.from_pretrained(engine.model_path, engine.dtype.itemsize)
+                vram = _vram_growth(
+                    engine, lambda messages=messages: local.chat(messages, max_new_tokens=1, temperature=0)
+                )
+                vram_estimate = shape.kv_cache_bytes(tokens + 1) + costs.RUNTIME_OVERHEAD_BYTES
+                entry["peak_vram_bytes"] = vram
+                entry["vram_estimate_bytes"] = vram_estimate
+                entry["vram_ratio"] = vram / vram_estimate
+            results[kind] = entry
+    return results
+
+
 # ------------------------------------------------------------------------ GPU
 def gpu_bandwidth_gb_s(name: str | None) -> float | None:
     """Memory bandwidth (GB/s) of a GPU named like ``torch.cuda.get_device_name()``; None if unknown."""
@@ -457,11 +595,13 @@ def run_bench(
     long_tokens: int = LONG_GENERATION_TOKENS,
     base_url: str | None = None,
     verbose: bool = True,
+    media_pixels: int | None = None,
 ) -> dict[str, Any]:
     """Measure everything, write ``bench.json`` and ``bench.png`` into ``out_dir``; return the results.
 
     ``base_url`` measures a server that is already running (with the same model)
-    instead of starting one.
+    instead of starting one. ``media_pixels`` sizes the pictures and frames of the
+    memory measurement (default: the largest the settings accept).
     """
     import torch
 
@@ -536,6 +676,8 @@ def run_bench(
 
         _log(verbose, "5/6 视频解码速度 ...")
         video = video_decode_speed(MOVING_CLIP_PATH, 8.0, repeats, settings)
+        _log(verbose, "    最大图片请求与最大视频请求的内存峰值 ...")
+        memory = media_memory(engine, media_pixels)
 
         _log(verbose, "6/6 GPU：显存峰值与解码速度 ...")
         gpu = gpu_decode(engine, text)
@@ -586,6 +728,7 @@ def run_bench(
         },
         "throughput": throughput,
         "video_decode": video,
+        "media_memory": memory,
         "gpu": gpu,
     }
     results["goals"] = {
@@ -643,6 +786,7 @@ def format_table(results: dict[str, Any]) -> str:
             f"视频解码（{video['reader']}，{video['fps']:g} fps）",
             f"{video['frames_per_s']:.0f} 帧/s（{video['frames']} 帧 {video['seconds'] * 1000:.0f} ms）",
         ),
+        *_memory_rows(results["media_memory"]),
         ("GPU", gpu["name"] or "无（CPU）"),
         ("显存峰值", _fmt(gpu["peak_vram_bytes"] and gpu["peak_vram_bytes"] / 1024**3, "{:.2f} GiB")),
         ("解码速度（贪心）", _fmt(gpu["decode_tokens_per_s"], "{:.1f} token/s")),
@@ -657,6 +801,26 @@ def format_table(results: dict[str, Any]) -> str:
     lines = [title, "-" * min(110, display_width(title))]
     lines += [f"{pad_to_width(label, width)}  {value}" for label, value in rows]
     return "\n".join(lines)
+
+
+def _memory_rows(memory: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
+    names = {"image": ("图片", "张"), "video": ("视频", "帧")}
+    rows = []
+    for kind, m in memory.items():
+        side = math.isqrt(m["input_pixels"])
+        what, unit = names[kind]
+        label = f"内存峰值：最大{what}请求（{m['pictures']} {unit} {side}×{side}）"
+        value = (
+            f"RSS {_fmt(m['peak_rss_bytes'] and m['peak_rss_bytes'] / 1024**2, '{:.0f} MiB')}"
+            f" / 估计 {m['rss_estimate_bytes'] / 1024**2:.0f} MiB = {_fmt(m['rss_ratio'], '{:.2f}')}"
+        )
+        if m["peak_vram_bytes"] is not None:
+            value += (
+                f"；显存 {m['peak_vram_bytes'] / 1024**3:.2f} GiB / 估计 "
+                f"{m['vram_estimate_bytes'] / 1024**3:.2f} GiB = {m['vram_ratio']:.2f}"
+            )
+        rows.append((label, value))
+    return rows
 
 
 def plot_results(results: dict[str, Any], path: Path | str) -> Path:
@@ -746,6 +910,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--base-url", default=None, help="measure this running server instead of starting one"
     )
+    parser.add_argument(
+        "--media-pixels",
+        type=int,
+        default=None,
+        help="pixels per picture/frame of the memory measurement (default: the largest allowed)",
+    )
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
@@ -761,6 +931,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         health_requests=args.health_requests,
         long_tokens=args.long_tokens,
         base_url=args.base_url.rstrip("/") if args.base_url else None,
+        media_pixels=args.media_pixels,
     )
     print()
     print(format_table(results))

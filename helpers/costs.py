@@ -193,3 +193,34 @@ def format_bytes(n: int) -> str:
         if n >= size:
             return f"{n / size:.2f} {unit}"
     return f"{n} B"
+
+
+# Host memory (RAM) while a request's media is decoded and prepared. helpers.media
+# scales every picture and frame to its final size as soon as it is decoded, so
+# only the decoder's own full-size buffers depend on the input's resolution.
+VIDEO_DECODER_THREADS = 4  # helpers.media decodes with this many FFmpeg frame threads
+# The processor holds up to three float32 copies of the pixels (converted, normalised, patches).
+PROCESSOR_BYTES_PER_VALUE = 3 * 4
+
+
+def image_host_bytes(input_pixels: int, pixels: int, images: int = 1) -> int:
+    """RAM to decode ``images`` pictures of ``input_pixels`` and prepare them at ``pixels`` each.
+
+    One full-size RGB picture at a time, plus the copy PIL makes while converting
+    it, then every scaled picture and the processor's float32 copies of it.
+    """
+    full = 2 * input_pixels * 3
+    return full + images * pixels * 3 * (1 + PROCESSOR_BYTES_PER_VALUE)
+
+
+def video_host_bytes(
+    input_pixels: int, pixels: int, frames: int, decoder_threads: int = VIDEO_DECODER_THREADS
+) -> int:
+    """RAM to decode a video of ``input_pixels`` frames and prepare ``frames`` frames of ``pixels``.
+
+    The decoder holds at most about two YUV 4:2:0 frames (1.5 bytes per pixel)
+    per thread plus two references; then come the sampled RGB frames, the uint8
+    tensor handed to the processor and its float32 copies.
+    """
+    decoder = (2 * decoder_threads + 2) * input_pixels * 3 // 2
+    return decoder + frames * pixels * 3 * (2 + PROCESSOR_BYTES_PER_VALUE)

@@ -35,6 +35,7 @@ from helpers.costs import (
     FACTOR,
     PIXELS_PER_TOKEN,
     TEMPORAL_PATCH_SIZE,
+    VIDEO_DECODER_THREADS,
     budget_resize,
     format_bytes,
     plan_frames,
@@ -354,8 +355,9 @@ def fit_size(width: int, height: int, min_pixels: int, max_pixels: int) -> tuple
 
 
 # ---------------------------------------------------------------------- videos
-# Frame threads each hold a full-size frame: a few are fast enough and keep memory bounded.
-DECODER_THREADS = 4
+# Frame threads each hold full-size frames: a few are fast enough and keep memory bounded
+# (helpers.costs.video_host_bytes counts them).
+DECODER_THREADS = VIDEO_DECODER_THREADS
 SEEK_GAP = 2.0  # seconds: a sampling instant further ahead than this is reached by seeking
 
 

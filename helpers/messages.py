@@ -19,6 +19,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from PIL import Image
+
 from helpers.costs import FACTOR, PATCH_SIZE
 from helpers.errors import RequestError, check_int, check_number
 from helpers.media import MIN_PICTURE_PIXELS, VideoOptions, fit_size, load_image, load_video
@@ -216,6 +218,8 @@ def image_part(
         width, height = fit_size(*size, MIN_PICTURE_PIXELS, high)
     else:
         width, height = fit_size(image.width, image.height, low, high)
+    if image.size != (width, height):  # scaled now, so the full-size picture is freed at once
+        image = image.resize((width, height), Image.Resampling.BICUBIC)  # what fetch_image would do
     return {"type": "image", "image": image, "resized_height": height, "resized_width": width}
 
 

@@ -66,6 +66,20 @@ SCHEMA = {
         "seconds": NUMBER,
         "frames_per_s": NUMBER,
     },
+    "media_memory": {
+        kind: {
+            "input_pixels": int,
+            "pictures": int,
+            "prompt_tokens": int,
+            "peak_rss_bytes": (int, type(None)),
+            "rss_estimate_bytes": int,
+            "rss_ratio": OPTIONAL_NUMBER,
+            "peak_vram_bytes": (int, type(None)),
+            "vram_estimate_bytes": (int, type(None)),
+            "vram_ratio": OPTIONAL_NUMBER,
+        }
+        for kind in ("image", "video")
+    },
     "gpu": {
         "name": (str, type(None)),
         "peak_vram_bytes": (int, type(None)),
@@ -207,6 +221,8 @@ def bench_run(tmp_path_factory):
             "256",
             "--out",
             str(out),
+            "--media-pixels",
+            "200000",
         ]
     )
     assert code == 0
@@ -221,6 +237,10 @@ def test_bench_writes_every_documented_key_with_its_type(bench_run):
     assert len(results["latency"]["http_samples_s"]) == results["latency"]["pairs"]
     assert results["latency"]["completion_tokens"] == 8
     assert all(v is None for v in results["gpu"].values())
+    memory = results["media_memory"]
+    assert memory["image"]["pictures"] == 4 and memory["video"]["pictures"] == 64
+    assert all(m["peak_vram_bytes"] is None for m in memory.values())  # no GPU here
+    assert all(m["peak_rss_bytes"] is None or m["peak_rss_bytes"] > 0 for m in memory.values())
 
 
 def test_bench_measures_text_at_concurrency_1_4_8_and_one_image_request(bench_run):
@@ -255,6 +275,8 @@ def test_bench_table_names_every_section(bench_run):
         "吞吐 text 并发 8",
         "吞吐 image",
         "视频解码",
+        "内存峰值：最大图片请求",
+        "内存峰值：最大视频请求",
         "显存峰值",
     ):
         assert label in table
