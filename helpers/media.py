@@ -561,6 +561,8 @@ def _window(options: VideoOptions, duration: float) -> tuple[float, float]:
     """The (start, end) seconds to sample from: video_start / video_end, clamped to the clip."""
     start = options.start or 0.0
     end = duration if options.end is None else min(options.end, duration)
+    if duration <= 0:
+        raise RequestError("the video is empty: its streams last 0 s")
     if start >= duration:
         raise RequestError(
             f"video_start {start:g} s is at or past the end of the {duration:.1f} s video",
