@@ -152,17 +152,19 @@ MIN_SECONDS, MAX_SECONDS = 0.01, 10**7  # video_end / video_start range
 
 
 def pixel_budget(
-    requested_min: Any, requested_max: Any, floor: int, ceiling: int, what: str
+    requested_min: Any, requested_max: Any, floor: int, ceiling: int, what: str, where: str = ""
 ) -> tuple[int, int]:
     """The (min, max) pixels for one picture: the request may lower the server's budget, never raise it.
 
     Each requested value must be a finite number of at least 4 visual tokens
-    (4 x 32 x 32 pixels); anything else is a 400 naming the field.
+    (4 x 32 x 32 pixels); anything else is a 400 naming the field (``where.min_pixels``
+    when ``where`` is given, else ``"<what> min_pixels"``).
     """
     low, high = floor, ceiling
     for name, value in (("min_pixels", requested_min), ("max_pixels", requested_max)):
         if value is not None:
-            check_number(f"{what} {name}", value, MIN_PICTURE_PIXELS, MAX_PIXEL_REQUEST, param=name)
+            field = _name(where, name) if where else f"{what} {name}"
+            check_number(field, value, MIN_PICTURE_PIXELS, MAX_PIXEL_REQUEST)
     if requested_max is not None:
         high = min(int(requested_max), ceiling)
     if requested_min is not None:
@@ -179,7 +181,7 @@ def _refuse_unknown(options: Mapping[str, Any], allowed: frozenset[str], where: 
     for key in options:
         if key not in allowed and key not in PART_SOURCE_KEYS:
             raise RequestError(
-                f"{_name(where, key)}: {key!r} is not a key of an {what} part; accepted: "
+                f"{_name(where, key)}: {key!r} is not a key of {what} part; accepted: "
                 + ", ".join(sorted(allowed)),
                 param=_name(where, key),
             )
@@ -210,7 +212,7 @@ def image_part(
     ``where`` (e.g. ``messages[0].content[1]``) prefixes the names in errors.
     """
     options = options or {}
-    _refuse_unknown(options, IMAGE_OPTIONS, where, "image")
+    _refuse_unknown(options, IMAGE_OPTIONS, where, "an image")
     low, high = _budget(options, settings.image_min_pixels, settings.image_max_pixels, "image", where)
     size = _requested_size(options, where)
     image = load_image(source, settings)
@@ -224,11 +226,8 @@ def image_part(
 
 
 def _budget(options: Mapping[str, Any], floor: int, ceiling: int, what: str, where: str) -> tuple[int, int]:
-    try:
-        return pixel_budget(options.get("min_pixels"), options.get("max_pixels"), floor, ceiling, what)
-    except RequestError as exc:
-        exc.param = _name(where, exc.param or "")
-        raise
+    min_pixels, max_pixels = options.get("min_pixels"), options.get("max_pixels")
+    return pixel_budget(min_pixels, max_pixels, floor, ceiling, what, where)
 
 
 def video_options(options: Mapping[str, Any], settings: Settings, where: str = "") -> VideoOptions:
@@ -238,7 +237,7 @@ def video_options(options: Mapping[str, Any], settings: Settings, where: str = "
     and ``1e-300`` are 400s naming the key); frame counts stay within the
     server's ``video_max_frames``.
     """
-    _refuse_unknown(options, VIDEO_OPTIONS, where, "video")
+    _refuse_unknown(options, VIDEO_OPTIONS, where, "a video")
     cap = settings.video_max_frames
 
     def number(key: str, low: float, high: float) -> float | None:
