@@ -8,10 +8,16 @@ Accepted content, per message:
   Qwen-native ``{"type": "image", "image": ...}`` and
   ``{"type": "video", "video": ..., "fps": 2, "min_pixels": ..., "max_pixels": ...}``.
 
+Media parts may carry the keys of Qwen's README: ``min_pixels``, ``max_pixels``,
+``resized_width`` / ``resized_height`` (images and videos) and ``fps``,
+``nframes``, ``min_frames``, ``max_frames``, ``video_start``, ``video_end``,
+``total_pixels`` (videos). All are honoured within the server's budgets; any
+other key is refused with a 400 naming it.
+
 :func:`normalize_messages` loads every picture and video (under the media
-rules of :mod:`helpers.media`), decides the exact size each one is resized to
-(:mod:`helpers.costs`), and returns Qwen-native messages whose media parts
-hold decoded pixels. ``process_vision_info`` then only resizes.
+rules of :mod:`helpers.media`), scales each one to the exact size the model
+sees (:mod:`helpers.costs`), and returns Qwen-native messages whose media parts
+hold those pixels. :func:`vision_inputs` hands them to the processor.
 """
 
 from __future__ import annotations
