@@ -490,3 +490,28 @@ def test_prompt_timestamps_follow_video_start(engine, media_dir):
     prepared = engine.prepare([{"role": "user", "content": [part]}])
     prompt = engine.processor.tokenizer.decode(prepared.inputs["input_ids"][0])
     assert re.findall(r"<(\d+\.\d) seconds>", prompt) == ["1.2", "2.2"]
+
+
+def test_a_tiny_file_of_huge_frames_never_holds_them_at_full_size(settings, root):
+    """Two 2800x2800 frames 31 s apart: 64 sampling instants used to mean 64 full-size pictures (~1.5 GB)."""
+    import av
+    import numpy as np
+
+    from helpers.bench import peak_rss_growth
+
+    with av.open(str(root / "sparse.mp4"), "w") as box:
+        stream = box.add_stream("libx264", rate=1)
+        stream.width = stream.height = 2800
+        stream.pix_fmt = "yuv420p"
+        for pts in (0, 31):
+            frame = av.VideoFrame.from_ndarray(np.full((2800, 2800, 3), pts, np.uint8), format="rgb24")
+            frame.pts = pts
+            for packet in stream.encode(frame):
+                box.mux(packet)
+        for packet in stream.encode():
+            box.mux(packet)
+    assert (root / "sparse.mp4").stat().st_size < 10_000
+    clip, growth = peak_rss_growth(lambda: media.load_video("sparse.mp4", settings))
+    assert len(clip.frames) == 64 and clip.frame_size == (512, 512)
+    if growth is not None:  # Linux: the peak RSS can be reset and read
+        assert growth < 400 * 1024**2, f"decoding raised the peak RSS by {growth / 1024**2:.0f} MiB"
