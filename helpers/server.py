@@ -364,7 +364,7 @@ def create_app(
 
 def _engine_facts(engine: Engine) -> dict[str, Any]:
     info = engine.info()
-    facts = {k: info[k] for k in ("device", "dtype", "attention", "weights_gib")}
+    facts = {k: info[k] for k in ("device", "dtype", "attention", "weights_gib", "max_model_len")}
     facts["cuda_available"] = info["device"].startswith("cuda")
     facts["gpu"] = info.get("gpu")
     facts["gpu_memory"] = f"{info['gpu_memory_allocated_gib']} GiB allocated" if "gpu" in info else "N/A"

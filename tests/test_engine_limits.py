@@ -22,7 +22,7 @@ INJECTION = (
 
 # ------------------------------------------------------------------ chat markup
 def plain_text_ids(engine, text: str, role: str = "user") -> list[int]:
-    """The prompt's ids when ``text`` is ordinary characters: template tokens + text tokenized with specials off."""
+    """The prompt's ids when ``text`` is plain characters: template tokens + text with specials off."""
     tokenizer = engine.processor.tokenizer
     marker = "\x00MARK\x00"
     prompt = engine.processor.apply_chat_template(
@@ -41,7 +41,9 @@ def plain_text_ids(engine, text: str, role: str = "user") -> list[int]:
 
 @pytest.mark.parametrize("role", ["user", "system"])
 def test_chat_markup_typed_in_text_is_encoded_as_ordinary_text(engine, role):
-    messages = [{"role": role, "content": INJECTION}] + ([] if role == "user" else [HELLO[0] | {"content": "Hi"}])
+    messages = [{"role": role, "content": INJECTION}] + (
+        [] if role == "user" else [HELLO[0] | {"content": "Hi"}]
+    )
     prepared = engine.prepare(messages)
     ids = prepared.inputs["input_ids"][0].tolist()
     assert ids == plain_text_ids(engine, INJECTION, role)
@@ -196,7 +198,7 @@ def test_penalties_change_greedy_answers_deterministically_and_stream_equals_pla
         ids = engine.processor.tokenizer.encode(result.text)
         return result.text, len(set(ids))
 
-    repeat_text, repeat_distinct = distinct(presence_penalty=-2, frequency_penalty=-2)
+    _, repeat_distinct = distinct(presence_penalty=-2, frequency_penalty=-2)
     vary_text, vary_distinct = distinct(presence_penalty=2, frequency_penalty=2)
     assert vary_distinct > repeat_distinct
     assert distinct(presence_penalty=2, frequency_penalty=2)[0] == vary_text
@@ -219,7 +221,7 @@ def test_flash_attention_is_only_used_when_asked_and_importable(tmp_path, monkey
     )
     monkeypatch.syspath_prepend(str(broken))
     monkeypatch.delitem(sys.modules, "flash_attn", raising=False)
-    with pytest.raises(ConfigError, match="undefined symbol.*sdpa"):
+    with pytest.raises(ConfigError, match=r"undefined symbol.*sdpa"):
         choose_attention("flash_attention_2", "cuda")
 
 
@@ -231,7 +233,7 @@ def test_flash_attention_4_is_not_taken_for_flash_attention_2(tmp_path, monkeypa
     )
     monkeypatch.syspath_prepend(str(fa4))
     monkeypatch.delitem(sys.modules, "flash_attn", raising=False)
-    with pytest.raises(ConfigError, match="2.x"):
+    with pytest.raises(ConfigError, match=r"2\.x"):
         choose_attention("flash_attention_2", "cuda")
 
 
@@ -290,7 +292,7 @@ def test_close_frees_the_model_and_later_calls_say_so(own_engine):
     own_engine.close()  # twice is fine
     assert own_engine.closed and own_engine.model is None
     for call in (lambda: own_engine.chat(HELLO), lambda: own_engine.prepare(HELLO), own_engine.info):
-        with pytest.raises(EngineClosed, match="Engine.load"):
+        with pytest.raises(EngineClosed, match=r"Engine\.load"):
             call()
 
 
