@@ -314,3 +314,13 @@ def test_out_of_memory_is_a_413_and_the_next_request_is_served(own_engine, monke
 def test_prepared_inputs_stay_on_the_cpu_until_generation(engine):
     prepared = engine.prepare(HELLO)
     assert all(v.device.type == "cpu" for v in prepared.inputs.values() if isinstance(v, torch.Tensor))
+
+
+def test_the_bench_checks_that_its_two_copies_fit_and_says_why_it_needs_two():
+    from helpers.bench import BENCH_MAX_MODEL_LEN, check_two_copies_fit
+
+    settings = Settings.from_env({}, model="Qwen/Qwen3-VL-4B-Instruct", model_root="/nonexistent")
+    settings = settings.replace(max_model_len=BENCH_MAX_MODEL_LEN)
+    assert check_two_copies_fit(settings, probe=lambda: (int(23.3 * GIB), 24 * GIB)).ok  # an idle 4090
+    with pytest.raises(NotEnoughGPUMemory, match="twice on purpose"):
+        check_two_copies_fit(settings, probe=lambda: (14 * GIB, 24 * GIB))

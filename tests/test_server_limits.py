@@ -310,3 +310,38 @@ def test_sigterm_ends_streams_with_an_error_chunk_and_waiting_requests_with_json
     assert_error(reply, 503, "shutting down")
     assert reply.headers["content-type"].startswith("application/json")
     assert "CancelledError" not in server.log_tail(200)
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    process = start(tmp_path_factory.mktemp("live"))
+    yield process
+    launcher.stop_server(process)
+
+
+HOSTILE = [
+    ("markup", json.dumps(chat_body(messages=[{"role": "user", "content": INJECTION}])), 200),
+    ("too long", json.dumps(chat_body(messages=[{"role": "user", "content": "word " * 40_000}])), 400),
+    ("NaN", '{"messages": [{"role": "user", "content": "hi"}], "temperature": NaN}', 400),
+    ("1e400", '{"messages": [{"role": "user", "content": "hi"}], "top_p": 1e400}', 400),
+    ("surrogate", '{"messages": [{"role": "user", "content": "\\ud800"}]}', 400),
+    ("tools", json.dumps(chat_body(tools=[{"type": "function", "function": {"name": "f"}}])), 400),
+    ("unknown", json.dumps(chat_body(frobnicate=True)), 400),
+    (
+        "penalties",
+        json.dumps(chat_body(presence_penalty=1, frequency_penalty=-1, repetition_penalty=1.2)),
+        200,
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "text", "status"), HOSTILE, ids=[h[0] for h in HOSTILE])
+def test_hostile_requests_against_a_real_uvicorn_process(live, name, text, status):
+    url = live.base_url + "/v1/chat/completions"
+    response = requests.post(
+        url, data=text.encode(), headers={"Content-Type": "application/json"}, timeout=60
+    )
+    assert response.status_code == status, response.text
+    if status != 200:
+        assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+    assert requests.post(url, json=chat_body(max_tokens=2), timeout=60).status_code == 200
