@@ -91,10 +91,11 @@ from PIL import Image
 
 from helpers.assets import CAT_PHOTO_PATH, IMAGES_DIR, MOVING_CLIP_PATH
 from helpers.chat_ui import data_uri
+from helpers.config import Settings
+from helpers.costs import GpuMemoryStatus, MemoryProbe, NotEnoughGPUMemory, gpu_memory_status
 from helpers.display import display_width, pad_to_width
 
 if TYPE_CHECKING:
-    from helpers.config import Settings
     from helpers.engine import Engine
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -105,6 +106,9 @@ CONCURRENCY = (1, 4, 8)
 OVERHEAD_RATIO_GOAL = 0.05
 HEALTH_P99_GOAL_MS = 50.0
 LONG_GENERATION_TOKENS = 1024  # long enough to outlast the /health burst
+# The bench's longest request (the cat photo at full budget + 1024 answer tokens) fits in
+# 4096 tokens; a smaller context keeps two copies of the 4B inside 24 GB (see check_two_copies_fit).
+BENCH_MAX_MODEL_LEN = 4096
 GPU_DECODE_TOKENS = 256
 
 # Memory bandwidth in GB/s. Every substring must appear in torch.cuda.get_device_name(); first match wins.
@@ -585,6 +589,26 @@ def _log(verbose: bool, message: str) -> None:
         print(message, flush=True)
 
 
+def check_two_copies_fit(settings: Settings, probe: MemoryProbe | None = None) -> GpuMemoryStatus:
+    """On a GPU, make sure the model fits twice: the bench loads it on purpose in two processes.
+
+    The in-process engine is the baseline and the server is what is measured
+    (HTTP overhead = server - in-process), so both must hold the weights at once.
+    They load at the same time, so each one's own check would see the whole GPU
+    free; this checks both together first. Raises :class:`NotEnoughGPUMemory`.
+    """
+    status = gpu_memory_status(settings, probe)
+    if status.cuda and status.free < 2 * status.needed:
+        raise NotEnoughGPUMemory(
+            "make bench loads the model twice on purpose (in this process as the baseline, and in the "
+            "API server it measures), so it needs "
+            f"2 x {status.needed / 1024**3:.1f} GiB; {status.free / 1024**3:.1f} GiB is free.\n"
+            "  Fix: shut down other Jupyter kernels and servers that hold the GPU (`nvidia-smi` lists "
+            "them), lower QWEN3VL_MAX_MODEL_LEN, or run the bench on the demo model (QWEN3VL_MODEL=demo)."
+        )
+    return status
+
+
 def run_bench(
     model: str | None = None,
     repeats: int = 5,
@@ -606,13 +630,14 @@ def run_bench(
     import torch
 
     from helpers import launcher
-    from helpers.config import Settings
     from helpers.engine import Engine
 
     began = time.perf_counter()
     model = model or os.environ.get("QWEN3VL_MODEL") or "demo"
     health_requests = health_requests or 20 * repeats
     settings = Settings.from_env(model=model, allowed_local_media_path=[IMAGES_DIR])
+    settings = settings.replace(max_model_len=min(settings.max_model_len, BENCH_MAX_MODEL_LEN))
+    check_two_copies_fit(settings)
     server = None
     _log(verbose, f"基准测试：模型 {model}，每项重复 {repeats} 次")
     try:
@@ -622,7 +647,10 @@ def run_bench(
                 server = launcher.start_server(
                     model=model,
                     port=launcher.free_port(),
-                    extra_args=["--max-queue", str(max(16, 2 * max(concurrency))), "--log-level", "warning"],
+                    extra_args=[
+                        *("--max-queue", str(max(16, 2 * max(concurrency))), "--log-level", "warning"),
+                        *("--max-model-len", str(settings.max_model_len)),
+                    ],
                     timeout=600,
                 )
                 base_url = server.base_url

@@ -11,8 +11,11 @@ picture of the same size.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -193,6 +196,111 @@ def format_bytes(n: int) -> str:
         if n >= size:
             return f"{n / size:.2f} {unit}"
     return f"{n} B"
+
+
+# ------------------------------------------------------------ free GPU memory
+class NotEnoughGPUMemory(RuntimeError):
+    """The GPU has less free memory than the model and one maximal request need."""
+
+
+MemoryProbe = Callable[[], "tuple[int, int] | None"]
+
+
+def torch_probe(device: int | str = 0) -> tuple[int, int] | None:
+    """(free, total) bytes from ``torch.cuda.mem_get_info``; None without a GPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return torch.cuda.mem_get_info(device)
+
+
+def nvidia_smi_probe() -> tuple[int, int] | None:
+    """(free, total) bytes of GPU 0 from ``nvidia-smi`` (creates no CUDA context); None without one."""
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=memory.free,memory.total", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
+        free_mib, total_mib = (int(v) for v in out.splitlines()[0].split(","))
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
+    return free_mib * 1024**2, total_mib * 1024**2
+
+
+@dataclass(frozen=True)
+class GpuMemoryStatus:
+    """Free GPU memory against what the configured model needs (bytes)."""
+
+    model: str
+    cuda: bool
+    free: int = 0
+    total: int = 0
+    needed: int = 0
+    estimate: MemoryEstimate | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.cuda or self.free >= self.needed
+
+    def describe(self) -> str:
+        if not self.cuda:
+            return "没有可用的 GPU（CPU 模式）：不检查显存"
+        mark = "✅" if self.ok else "❌"
+        return (
+            f"{mark} GPU 空闲显存 {self.free / GIB:.1f} / {self.total / GIB:.1f} GiB，"
+            f"{self.model} 需要约 {self.needed / GIB:.1f} GiB（{self.estimate.describe()}）"
+        )
+
+    def problem(self) -> str:
+        """What went wrong, the likely cause and the fix (English, for logs and exceptions)."""
+        return (
+            f"Not enough free GPU memory to load {self.model}: {self.free / GIB:.1f} GiB free of "
+            f"{self.total / GIB:.1f} GiB, about {self.needed / GIB:.1f} GiB needed (weights "
+            f"{self.estimate.weights / GIB:.1f} + KV cache {self.estimate.kv_cache / GIB:.1f} + runtime "
+            f"{self.estimate.overhead / GIB:.1f} GiB).\n"
+            "  Likely cause: another process holds the GPU -- usually another Jupyter kernel that loaded the "
+            "model (notebooks 02/03/04) or a server left running. `nvidia-smi` lists their PIDs.\n"
+            "  Fix: in JupyterLab shut those kernels down (Kernel -> Shut Down Kernel, or the Running "
+            "panel), stop old servers (`fuser -k 6006/tcp`), or `kill <PID>`; or lower "
+            "QWEN3VL_MAX_MODEL_LEN / the image and video budgets; or use QWEN3VL_MODEL=demo.\n"
+            "  显存不够：通常是别的 Jupyter 内核还占着模型。先关掉它们（Kernel → Shut Down Kernel），再重试。"
+        )
+
+
+def model_shape_for(settings, bytes_per_value: int | None = None) -> ModelShape:
+    """The shape of the configured model: from its config.json when downloaded, else the 4B's."""
+    if bytes_per_value is None:
+        bytes_per_value = 4 if settings.dtype == "float32" else 2
+    folder = settings.model_dir()
+    if (folder / "config.json").is_file() and any(folder.glob("*.safetensors")):
+        return ModelShape.from_pretrained(folder, bytes_per_value)
+    return dataclasses.replace(QWEN3_VL_4B, bytes_per_value=bytes_per_value)
+
+
+def gpu_memory_status(settings, probe: MemoryProbe | None = None) -> GpuMemoryStatus:
+    """Free GPU memory (``probe``: default ``torch.cuda.mem_get_info``) against the model's estimate.
+
+    The estimate is :func:`memory_estimate` for the model's weights and a request
+    of ``settings.max_model_len`` tokens, the most one request may use.
+    """
+    reading = (probe or torch_probe)()
+    if reading is None:
+        return GpuMemoryStatus(model=settings.model, cuda=False)
+    free, total = reading
+    estimate = memory_estimate(model_shape_for(settings), settings.max_model_len)
+    return GpuMemoryStatus(settings.model, True, int(free), int(total), estimate.total, estimate)
+
+
+def check_gpu_memory(settings, probe: MemoryProbe | None = None) -> GpuMemoryStatus:
+    """:func:`gpu_memory_status`, raising :class:`NotEnoughGPUMemory` (with the fix) when it does not fit."""
+    status = gpu_memory_status(settings, probe)
+    if not status.ok:
+        raise NotEnoughGPUMemory(status.problem())
+    return status
 
 
 # Host memory (RAM) while a request's media is decoded and prepared. helpers.media

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib.util
+import gc
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,11 +26,18 @@ from typing import Any
 
 import torch
 
-from helpers.config import Settings
-from helpers.errors import RequestError, check_int, check_number
+from helpers.config import ConfigError, Settings
+from helpers.errors import RequestError, check_int, check_number, check_text
+from helpers.markup import PLACEHOLDER, restore_markup, shield_markup, special_tokens, text_length
 from helpers.messages import normalize_messages, vision_inputs
 
 MAX_STOP_SEQUENCES = 4
+# Temperatures below this are greedy decoding, as in vLLM: dividing logits by ~0 overflows.
+GREEDY_TEMPERATURE = 1e-5
+# Text is refused before tokenizing when it has more characters than this many per token
+# of context: ordinary text averages 1.5-4 characters per token, so only text that
+# could never fit is refused, and 30 MiB of it costs no tokenizer time.
+MAX_CHARS_PER_TOKEN = 8
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
@@ -45,10 +52,14 @@ class SamplingParams:
     top_k: int | None = None
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float | None = None
+    max_tokens_given: bool = True  # False: the default, which may shrink to fit the context
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        return self.temperature is not None and self.temperature < GREEDY_TEMPERATURE
 
     @classmethod
     def build(
@@ -60,8 +71,16 @@ class SamplingParams:
         top_k: int | None = None,
         seed: int | None = None,
         stop: str | list[str] | tuple[str, ...] | None = None,
+        presence_penalty: float | None = None,
+        frequency_penalty: float | None = None,
+        repetition_penalty: float | None = None,
     ) -> SamplingParams:
-        """Check every parameter and raise :class:`RequestError` with the rule it broke."""
+        """Check every parameter and raise :class:`RequestError` with the rule it broke.
+
+        ``presence_penalty`` left out takes ``settings.presence_penalty`` (Qwen's model
+        card recommends 1.5 for the Instruct model; its generation_config omits it).
+        """
+        max_tokens_given = max_new_tokens is not None
         if max_new_tokens is None:
             max_new_tokens = settings.default_max_new_tokens
         check_int("max_tokens", max_new_tokens, 1, settings.max_new_tokens_limit)
@@ -80,17 +99,40 @@ class SamplingParams:
             check_int("seed", seed, 0, 2**63 - 1)
         if isinstance(stop, str):
             stop = [stop]
-        stop = tuple(stop or ())
+        stop = tuple(stop or ()) if isinstance(stop, (list, tuple, type(None))) else (stop,)
         if len(stop) > MAX_STOP_SEQUENCES or not all(isinstance(s, str) and s for s in stop):
             raise RequestError(
                 f"stop must be a non-empty string or a list of at most {MAX_STOP_SEQUENCES} non-empty"
                 " strings",
                 param="stop",
             )
-        return cls(max_new_tokens, temperature, top_p, top_k, seed, stop)
+        for text in stop:
+            check_text(text, "stop")
+        if presence_penalty is None:
+            presence_penalty = settings.presence_penalty
+        presence_penalty = check_number("presence_penalty", presence_penalty, -2.0, 2.0)
+        if frequency_penalty is None:
+            frequency_penalty = 0.0
+        frequency_penalty = check_number("frequency_penalty", frequency_penalty, -2.0, 2.0)
+        if repetition_penalty is not None:
+            repetition_penalty = check_number("repetition_penalty", repetition_penalty, 0.01, 10.0)
+        return cls(
+            max_new_tokens,
+            temperature,
+            top_p,
+            top_k,
+            seed,
+            stop,
+            presence_penalty,
+            frequency_penalty,
+            repetition_penalty,
+            max_tokens_given,
+        )
 
     def generate_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens}
+        if self.repetition_penalty is not None:
+            kwargs["repetition_penalty"] = self.repetition_penalty
         if self.greedy:
             return {**kwargs, "do_sample": False, "temperature": None, "top_p": None, "top_k": None}
         given = {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k}
@@ -98,6 +140,34 @@ class SamplingParams:
         if given:  # anything given means sampling; what is left out keeps the model's default
             kwargs["do_sample"] = True
         return {**kwargs, **given}
+
+    def logits_processors(self, prompt_tokens: int) -> list[Any]:
+        """Processors ``generate`` has no flag for (run before temperature / top-p / top-k)."""
+        if self.presence_penalty or self.frequency_penalty:
+            return [OpenAIPenalties(prompt_tokens, self.presence_penalty, self.frequency_penalty)]
+        return []
+
+
+class OpenAIPenalties:
+    """``presence_penalty`` and ``frequency_penalty`` with OpenAI's semantics.
+
+    For every token already in the answer (not the prompt), subtract
+    ``presence_penalty`` once and ``frequency_penalty`` per occurrence from its
+    logit. Positive values push the model away from repeating itself.
+    """
+
+    def __init__(self, prompt_tokens: int, presence: float, frequency: float) -> None:
+        self.prompt_tokens = prompt_tokens
+        self.presence = presence
+        self.frequency = frequency
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        answer = input_ids[:, self.prompt_tokens :]
+        if answer.shape[1] == 0:
+            return scores
+        counts = torch.zeros_like(scores)
+        counts.scatter_add_(1, answer, torch.ones_like(answer, dtype=scores.dtype))
+        return scores - self.frequency * counts - self.presence * (counts > 0).to(scores.dtype)
 
 
 # -------------------------------------------------------------------- results
@@ -325,10 +395,40 @@ def choose_dtype(setting: str, device: str) -> torch.dtype:
     return torch.float32  # CPUs are slow and sometimes wrong in half precision
 
 
-def choose_attention(device: str) -> str:
-    if device.startswith("cuda") and importlib.util.find_spec("flash_attn") is not None:
-        return "flash_attention_2"
-    return "sdpa"
+def choose_attention(setting: str, device: str) -> str:
+    """The attention kernel: ``auto`` is PyTorch's ``sdpa``; flash_attention_2 only when asked and usable.
+
+    flash-attn is checked with a real import: ``find_spec`` alone also matches
+    flash-attn 4 and wheels built for another torch/CUDA, which fail later with
+    ``undefined symbol`` (a common AutoDL failure).
+    """
+    if setting in ("auto", "sdpa"):
+        return "sdpa"
+    if setting == "eager":
+        return "eager"
+    if not device.startswith("cuda"):
+        raise ConfigError("attn_implementation=flash_attention_2 needs a CUDA GPU; use sdpa on CPU")
+    try:
+        import flash_attn
+        from flash_attn import flash_attn_func  # noqa: F401  (the kernel transformers calls)
+    except Exception as exc:  # ImportError, OSError (undefined symbol), RuntimeError
+        raise ConfigError(
+            f"attn_implementation=flash_attention_2, but flash-attn does not import ({type(exc).__name__}: "
+            f"{str(exc)[:200]}). Its wheel must match torch {torch.__version__} and CUDA "
+            f"{torch.version.cuda}: reinstall it for them, or use --attn-implementation sdpa "
+            "(PyTorch's own kernel, no install needed)."
+        ) from None
+    major = str(getattr(flash_attn, "__version__", "0")).split(".")[0]
+    if major != "2":
+        raise ConfigError(
+            f"flash-attn {flash_attn.__version__} is installed; transformers' flash_attention_2 needs "
+            "flash-attn 2.x. Install a 2.x wheel that matches torch, or use --attn-implementation sdpa."
+        )
+    return "flash_attention_2"
+
+
+class EngineClosed(RuntimeError):
+    """The engine was closed with :meth:`Engine.close`."""
 
 
 @dataclass
@@ -344,6 +444,7 @@ class Engine:
     attention: str
     load_seconds: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _closed: list[bool] = field(default_factory=lambda: [False], repr=False)  # shared by with_settings copies
 
     @classmethod
     def load(cls, settings: Settings | None = None, verbose: bool = True, **overrides: Any) -> Engine:
@@ -356,7 +457,11 @@ class Engine:
         path = settings.resolve_model_path()
         device = choose_device(settings.device)
         dtype = choose_dtype(settings.dtype, device)
-        attention = choose_attention(device)
+        attention = choose_attention(settings.attn_implementation, device)
+        if device.startswith("cuda"):
+            from helpers.costs import check_gpu_memory
+
+            check_gpu_memory(settings)  # a clear message instead of an out-of-memory halfway through
         start = time.perf_counter()
         processor = AutoProcessor.from_pretrained(path)
         model = Qwen3VLForConditionalGeneration.from_pretrained(
@@ -370,6 +475,40 @@ class Engine:
     def with_settings(self, **changes: Any) -> Engine:
         """The same loaded model under other settings (e.g. other media folders); shares the lock."""
         return dataclasses.replace(self, settings=self.settings.replace(**changes))
+
+    def close(self) -> None:
+        """Free the weights, caches and GPU memory. Later calls raise :class:`EngineClosed`.
+
+        A notebook ends with this so that the next notebook (or the server it
+        starts) finds the GPU free; shut the kernel down too, to free the rest.
+        """
+        with self._lock:  # waits for a running generation
+            if self._closed[0]:
+                return
+            self._closed[0] = True
+            self.model = self.processor = None
+            self.__dict__.pop("_static_info", None)
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed[0]
+
+    def _check_open(self) -> None:
+        if self._closed[0]:
+            raise EngineClosed(
+                "this engine was closed with engine.close(); load a new one with Engine.load()"
+            )
+
+    @property
+    def max_model_len(self) -> int:
+        """Tokens per request (prompt + answer): the setting, never above the model's own limit."""
+        self._check_open()
+        text_config = getattr(self.model.config, "text_config", self.model.config)
+        limit = getattr(text_config, "max_position_embeddings", None) or self.settings.max_model_len
+        return min(self.settings.max_model_len, int(limit))
 
     # ------------------------------------------------------------- facts
     @property
@@ -396,6 +535,7 @@ class Engine:
             "device": self.device,
             "dtype": str(self.dtype).removeprefix("torch."),
             "attention": self.attention,
+            "max_model_len": self.max_model_len,
             "demo": self.is_demo,
             "weights_gib": round(self.weight_bytes() / 1024**3, 3),
         }
@@ -405,6 +545,7 @@ class Engine:
 
     def info(self) -> dict[str, Any]:
         """What is loaded, for banners and ``/health`` (cheap: /health calls it during generation)."""
+        self._check_open()
         facts = dict(self._static_info)
         if self.device.startswith("cuda"):
             facts["gpu_memory_allocated_gib"] = round(torch.cuda.memory_allocated(self.device) / 1024**3, 2)
@@ -425,9 +566,30 @@ class Engine:
         return "\n".join(lines)
 
     # ------------------------------------------------------------- inputs
+    @functools.cached_property
+    def _special_tokens(self) -> list[str]:
+        return special_tokens(self.processor.tokenizer)
+
     def prepare(self, messages: Any) -> Prepared:
-        """Normalise ``messages``, load their media and build model inputs (no generation)."""
-        qwen_messages = normalize_messages(messages, self.settings)
+        """Normalise ``messages``, load their media and build model inputs (no generation).
+
+        The inputs stay on the CPU until generation starts, so requests waiting in
+        the server's queue hold no GPU memory. Text that cannot fit the context is
+        refused before anything is tokenized or loaded.
+        """
+        self._check_open()
+        limit = self.max_model_len
+        if (chars := text_length(messages)) > MAX_CHARS_PER_TOKEN * limit:
+            raise RequestError(
+                f"the messages hold {chars:,} characters of text; this server's context is {limit:,} tokens,"
+                f" so it refuses more than {MAX_CHARS_PER_TOKEN * limit:,} characters without tokenizing"
+                " them. Shorten the text.",
+                param="messages",
+                code="context_length_exceeded",
+            )
+        qwen_messages, hidden = shield_markup(
+            normalize_messages(messages, self.settings), self._special_tokens
+        )
         prompt = self.processor.apply_chat_template(qwen_messages, tokenize=False, add_generation_prompt=True)
         # process_vision_info's results, with videos at the size they were decoded to (no second resize)
         images, videos, video_kwargs = vision_inputs(qwen_messages)
@@ -444,16 +606,42 @@ class Engine:
             return_tensors="pt",
             **video_kwargs,
         )
-        return Prepared(inputs=inputs.to(self.model.device), prompt=prompt)
+        inputs = restore_markup(inputs, hidden, self.processor.tokenizer)
+        for text in hidden:  # the readable prompt shows what the user typed
+            prompt = prompt.replace(PLACEHOLDER, text, 1)
+        return Prepared(inputs=inputs, prompt=prompt)
+
+    def check_context(self, prepared: Prepared, params: SamplingParams) -> SamplingParams:
+        """Refuse a prompt + ``max_tokens`` beyond the context; shrink a default ``max_tokens`` to fit.
+
+        Raises :class:`RequestError` (400, ``context_length_exceeded``) before generating,
+        with the numbers, as OpenAI and vLLM do.
+        """
+        limit, prompt = self.max_model_len, prepared.prompt_tokens
+        room = limit - prompt
+        if room >= params.max_new_tokens:
+            return params
+        if room >= 1 and not params.max_tokens_given:
+            return dataclasses.replace(params, max_new_tokens=room)
+        raise RequestError(
+            f"this model's maximum context length is {limit} tokens, but the request needs "
+            f"{prompt + params.max_new_tokens} tokens ({prompt} in the messages, text and images/videos, "
+            f"+ {params.max_new_tokens} for the answer). Shorten the messages, send fewer or smaller "
+            "images/videos, or lower max_tokens.",
+            param="messages",
+            code="context_length_exceeded",
+        )
 
     # --------------------------------------------------------- generation
     def stream_chat(self, messages: Any, **params: Any) -> ChatStream:
         """Start answering ``messages``; iterate the result for text pieces.
 
         Parameters (all optional): ``max_new_tokens``, ``temperature`` (0 = greedy),
-        ``top_p``, ``top_k``, ``seed``, ``stop``. Bad input raises :class:`RequestError`
-        before anything is generated.
+        ``top_p``, ``top_k``, ``seed``, ``stop``, ``presence_penalty``, ``frequency_penalty``,
+        ``repetition_penalty``. Bad input raises :class:`RequestError` before anything
+        is generated.
         """
+        self._check_open()
         checked = SamplingParams.build(self.settings, **params)
         return self.start(self.prepare(messages), checked)
 
@@ -467,7 +655,8 @@ class Engine:
 
         ``on_finish`` runs in the generation thread once the model is free again.
         """
-        return ChatStream(self, prepared, params, on_finish)
+        self._check_open()
+        return ChatStream(self, prepared, params=self.check_context(prepared, params), on_finish=on_finish)
 
     def chat(self, messages: Any, **params: Any) -> ChatResult:
         """Answer ``messages`` and return text, finish reason and token usage."""
@@ -476,27 +665,40 @@ class Engine:
     def _run_generate(
         self, prepared: Prepared, params: SamplingParams, streamer: _TokenQueue, cancelled: threading.Event
     ) -> None:
-        from transformers import StoppingCriteriaList
+        from transformers import LogitsProcessorList, StoppingCriteriaList
 
         watch = _StopWatch(self.processor.tokenizer, prepared.prompt_tokens, params.stop, cancelled)
-        with self._lock:  # one generation at a time on this model
+        out_of_memory = False
+        with self._lock:  # one generation at a time on this model (Qwen3-VL keeps rope_deltas on it)
             if cancelled.is_set():
-                return
+                return  # the client left while waiting: no prefill at all
+            self._check_open()
             if params.seed is not None:
                 torch.manual_seed(params.seed)
             try:
                 with torch.inference_mode():
+                    inputs = prepared.inputs.to(self.model.device)  # on the GPU only while generating
                     self.model.generate(
-                        **prepared.inputs,
+                        **inputs,
                         **params.generate_kwargs(),
+                        logits_processor=LogitsProcessorList(
+                            params.logits_processors(prepared.prompt_tokens)
+                        ),
                         streamer=streamer,
                         stopping_criteria=StoppingCriteriaList([watch]),
                     )
             except torch.OutOfMemoryError:
-                torch.cuda.empty_cache()
-                raise RequestError(
-                    "the GPU ran out of memory for this request: send fewer or smaller images/videos, "
-                    "lower max_pixels / fps, or lower max_tokens",
-                    status_code=413,
-                    code="out_of_memory",
-                ) from None
+                out_of_memory = True  # freed below: inside `except` the traceback still pins the tensors
+            finally:
+                inputs = None
+            if out_of_memory:
+                gc.collect()
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+        if out_of_memory:
+            raise RequestError(
+                "the GPU ran out of memory for this request: send fewer or smaller images/videos, "
+                "lower max_pixels / fps, or lower max_tokens",
+                status_code=413,
+                code="out_of_memory",
+            )

@@ -59,3 +59,15 @@ def check_int(name: str, value: Any, low: int, high: int, param: str | None = No
     if not low <= value <= high:
         raise RequestError(f"{name} must be between {low} and {high}, got {value}", param=param or name)
     return value
+
+
+def check_text(text: str, param: str) -> str:
+    """``text`` when it can be encoded as UTF-8; lone UTF-16 surrogates (``"\\ud800"`` in JSON) are a 400."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise RequestError(
+            f"{param} contains an unpaired UTF-16 surrogate at position {exc.start}: send valid Unicode text",
+            param=param,
+        ) from None
+    return text

@@ -25,6 +25,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from helpers.config import Settings
+from helpers.costs import MemoryProbe, check_gpu_memory, nvidia_smi_probe
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RUN_DIR = REPO_ROOT / "build" / "server"
 
@@ -145,15 +148,27 @@ def start_server(
     env: dict[str, str] | None = None,
     timeout: float = 300.0,
     run_dir: Path = RUN_DIR,
+    gpu_probe: MemoryProbe | None = nvidia_smi_probe,
 ) -> ServerProcess:
     """Start ``python -m helpers.server`` in the background and wait until ``/health`` is ok.
 
     Raises ``RuntimeError`` with the end of the server log if it exits or is not
-    ready within ``timeout`` seconds, and when ``port`` is taken by another program.
+    ready within ``timeout`` seconds, and when ``port`` is taken by another program;
+    :class:`helpers.costs.NotEnoughGPUMemory` (with the cause and the fix) before
+    starting anything when the GPU has too little free memory for the model.
+    ``gpu_probe`` reads (free, total) GPU bytes; the default asks ``nvidia-smi``,
+    so the calling kernel creates no CUDA context of its own.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     if stop_leftover(port, run_dir):
         print(f"stopped a server left on port {port} by an earlier run")
+    if (
+        gpu_probe is not None
+        and "cpu" not in (env or {}).get("QWEN3VL_DEVICE", "")
+        and "cpu" not in extra_args
+    ):
+        overrides = {"model": model} if model else {}
+        check_gpu_memory(Settings.from_env({**os.environ, **(env or {})}, **overrides), gpu_probe)
     _wait_port_free(host, port, 10.0)
     if not port_is_free(host, port):
         raise RuntimeError(

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from helpers.costs import FACTOR, PATCH_SIZE
-from helpers.errors import RequestError, check_int, check_number
+from helpers.errors import RequestError, check_int, check_number, check_text
 from helpers.media import MIN_PICTURE_PIXELS, VideoOptions, fit_size, load_image, load_video
 
 if TYPE_CHECKING:
@@ -60,7 +60,7 @@ def normalize_messages(messages: Any, settings: Settings) -> list[dict[str, Any]
         if content is None and role == "assistant":
             content = ""
         if isinstance(content, str):
-            normalized.append({"role": role, "content": content})
+            normalized.append({"role": role, "content": check_text(content, f"{where}.content")})
             continue
         if not isinstance(content, (list, tuple)):
             raise RequestError(
@@ -106,7 +106,7 @@ def _part(part: Any, where: str, role: str, settings: Settings, counts: dict[str
         text = part.get("text")
         if not isinstance(text, str):
             raise RequestError(f"{where}.text must be a string", param=f"{where}.text")
-        return {"type": "text", "text": text}
+        return {"type": "text", "text": check_text(text, f"{where}.text")}
     if kind not in ("image", "image_url", "video", "video_url"):
         raise RequestError(
             f"{where} has unsupported type {kind!r}: use text, image, image_url, video or video_url",

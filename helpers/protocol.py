@@ -10,7 +10,9 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from helpers.errors import RequestError
 
 # ---------------------------------------------------------------------- requests
 
@@ -36,18 +38,76 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class SamplingFields(BaseModel):
-    """The generation knobs both chat routes accept. Unknown fields are ignored."""
+# Fields of OpenAI's request this server does not implement: refused with a 400 that
+# says what to do instead, never silently ignored.
+NOT_IMPLEMENTED = {
+    "tools": "tool calling is not implemented by this server; vLLM (notebook 07) supports it",
+    "tool_choice": "tool calling is not implemented by this server; vLLM (notebook 07) supports it",
+    "parallel_tool_calls": "tool calling is not implemented by this server",
+    "functions": "function calling is not implemented by this server",
+    "function_call": "function calling is not implemented by this server",
+    "logprobs": "log probabilities are not returned by this server; vLLM (notebook 07) returns them",
+    "top_logprobs": "log probabilities are not returned by this server; vLLM (notebook 07) returns them",
+    "logit_bias": "logit_bias is not supported; use stop or presence_penalty instead",
+    "audio": "audio output is not supported: Qwen3-VL reads text, images and videos and writes text",
+    "modalities": "only text output is supported: leave modalities out",
+    "prediction": "predicted outputs are not supported",
+    "reasoning_effort": "Qwen3-VL-4B-Instruct does not reason in a separate channel; leave it out",
+    "web_search_options": "web search is not supported",
+    "service_tier": "service tiers are not supported",
+    "min_p": "min_p is not supported; use top_p / top_k",
+    "ignore_eos": "ignore_eos is not supported",
+}
+# Accepted and ignored: they change nothing about the answer.
+HARMLESS = {"model", "user", "metadata", "store", "stream_options", "n"}
 
-    model_config = ConfigDict(extra="ignore")
+
+class SamplingFields(BaseModel):
+    """The generation knobs both chat routes accept. Unknown fields are refused (400 naming them)."""
+
+    model_config = ConfigDict(extra="allow")
 
     messages: list[ChatMessage]
     max_tokens: int | None = Field(default=None, description="Most tokens to generate")
-    temperature: float | None = Field(default=None, description="0 = greedy; omitted = the model's default")
+    temperature: float | None = Field(
+        default=None, description="0 (or below 1e-5) = greedy; omitted = the model's default"
+    )
     top_p: float | None = None
     top_k: int | None = Field(default=None, description="Qwen sampling parameter; -1 or 0 turns it off")
     seed: int | None = None
     stop: str | list[str] | None = None
+    presence_penalty: float | None = Field(
+        default=None,
+        description="-2..2, OpenAI semantics; omitted = the server's default (1.5, Qwen's model card)",
+    )
+    frequency_penalty: float | None = Field(default=None, description="-2..2, OpenAI semantics")
+    repetition_penalty: float | None = Field(
+        default=None, description="> 0 (1 = off), transformers/vLLM semantics; prompt tokens count too"
+    )
+
+    @model_validator(mode="after")
+    def _refuse_unknown_fields(self):
+        for name, value in (self.model_extra or {}).items():
+            if name in NOT_IMPLEMENTED:
+                if value in (None, False) or (name == "logit_bias" and value == {}):
+                    continue  # "off" is what we do anyway
+                raise RequestError(f"{name} is not supported: {NOT_IMPLEMENTED[name]}", param=name)
+            if name == "response_format":
+                kind = value.get("type") if isinstance(value, dict) else None
+                if value is None or kind == "text":
+                    continue
+                raise RequestError(
+                    f"response_format {kind!r} is not supported by this server (only 'text'); "
+                    "vLLM (notebook 07) supports JSON output",
+                    param="response_format",
+                )
+            if name not in HARMLESS:
+                raise RequestError(
+                    f"unknown field {name!r}: this server does not implement it (see the README's list of "
+                    "accepted fields)",
+                    param=name,
+                )
+        return self
 
     def generation_params(self) -> dict[str, Any]:
         """Keyword arguments for :meth:`helpers.engine.Engine.stream_chat`."""
@@ -58,11 +118,14 @@ class SamplingFields(BaseModel):
             "top_k": self.top_k,
             "seed": self.seed,
             "stop": self.stop,
+            "presence_penalty": self.presence_penalty,
+            "frequency_penalty": self.frequency_penalty,
+            "repetition_penalty": self.repetition_penalty,
         }
 
 
 class ChatCompletionRequest(SamplingFields):
-    """The OpenAI Chat Completions request, with Qwen's ``top_k``."""
+    """The OpenAI Chat Completions request, with Qwen's ``top_k`` and transformers' ``repetition_penalty``."""
 
     model: str | None = Field(
         default=None, description="Ignored: the server answers with the model it serves"

@@ -21,13 +21,15 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import uvicorn
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -35,7 +37,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from helpers.config import ConfigError, ModelNotFoundError, Settings
-from helpers.costs import format_bytes
+from helpers.costs import NotEnoughGPUMemory, check_gpu_memory, format_bytes
 from helpers.engine import ChatResult, ChatStream, Engine, SamplingParams
 from helpers.errors import RequestError
 from helpers.protocol import (
@@ -110,7 +112,14 @@ class GenerationQueue:
         self.running = 0
         self.completed = 0
         self.cancelled = 0
+        self.service_seconds = 0.0  # recent seconds per request (moving average), for Retry-After
         self._slot = asyncio.Semaphore(1)
+        self._started_at: float | None = None
+
+    def retry_after(self) -> int:
+        """Seconds until a place is likely free: requests ahead x recent service time (at least 1)."""
+        ahead = self.running + self.waiting
+        return max(1, math.ceil(ahead * (self.service_seconds or 1.0)))
 
     def reserve(self) -> None:
         """Take a place in the queue now, or refuse with 429."""
@@ -133,6 +142,7 @@ class GenerationQueue:
         finally:
             self.waiting -= 1
         self.running += 1
+        self._started_at = time.monotonic()
 
     def release(self, stream: ChatStream | None = None) -> None:
         """Free the model; safe to call from any thread (the generation thread calls it)."""
@@ -145,6 +155,11 @@ class GenerationQueue:
             self.cancelled += 1
         else:
             self.completed += 1
+            if self._started_at is not None:
+                took = time.monotonic() - self._started_at
+                self.service_seconds = (
+                    took if not self.service_seconds else 0.7 * self.service_seconds + 0.3 * took
+                )
         self._slot.release()
 
     def stats(self) -> dict[str, int]:
@@ -154,6 +169,7 @@ class GenerationQueue:
             "max_waiting": self.max_waiting,
             "completed": self.completed,
             "cancelled": self.cancelled,
+            "seconds_per_request": round(self.service_seconds, 3),
         }
 
 
@@ -232,12 +248,15 @@ def create_app(
         engine = engine.with_settings(**vars(settings))  # one set of rules for server and engine
     holder = ModelHolder(settings, engine)
     queue = GenerationQueue(settings.max_queue)
+    service = Service(holder, queue)
     load = loader or (lambda s: Engine.load(s, verbose=False))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        service.loop = asyncio.get_running_loop()
         holder.start_loading(load)
         yield
+        service.begin_shutdown()  # in-process users (TestClient) end here
 
     app = FastAPI(
         title="Qwen3-VL API",
@@ -252,6 +271,7 @@ def create_app(
     )
     app.state.holder = holder
     app.state.queue = queue
+    app.state.service = service
     app.state.settings = settings
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     _install_error_handlers(app)
@@ -309,16 +329,16 @@ def create_app(
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         if body.n not in (None, 1):
             raise RequestError("only n=1 is supported", param="n")
-        stream = await _start(holder, queue, body.messages, body.generation_params())
+        stream = await service.start(request, body.messages, body.generation_params())
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return GenerationStreamResponse(
                 stream,
-                _sse(stream, settings.model, include_usage),
+                service.sse(stream, settings.model, include_usage),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        result = await _finish(stream, request)
+        result = await service.finish(stream, request)
         return ChatCompletionResponse(
             model=settings.model,
             choices=[
@@ -335,8 +355,8 @@ def create_app(
         summary="The original tutorial's route: returns only the answer text",
     )
     async def generate(body: GenerateRequest, request: Request) -> GenerateResponse:
-        stream = await _start(holder, queue, body.messages, body.generation_params())
-        result = await _finish(stream, request)
+        stream = await service.start(request, body.messages, body.generation_params())
+        result = await service.finish(stream, request)
         return GenerateResponse(response=result.text)
 
     return app
@@ -344,57 +364,171 @@ def create_app(
 
 def _engine_facts(engine: Engine) -> dict[str, Any]:
     info = engine.info()
-    facts = {k: info[k] for k in ("device", "dtype", "attention", "weights_gib")}
+    facts = {k: info[k] for k in ("device", "dtype", "attention", "weights_gib", "max_model_len")}
     facts["cuda_available"] = info["device"].startswith("cuda")
     facts["gpu"] = info.get("gpu")
     facts["gpu_memory"] = f"{info['gpu_memory_allocated_gib']} GiB allocated" if "gpu" in info else "N/A"
     return facts
 
 
-async def _start(
-    holder: ModelHolder, queue: GenerationQueue, messages: list, raw_params: dict[str, Any]
-) -> ChatStream:
-    """Validate, load media (in a thread), wait for the model, start generating."""
-    engine = holder.ready_engine()
-    params = SamplingParams.build(engine.settings, **raw_params)
-    queue.reserve()
-    try:
-        prepared = await run_in_threadpool(engine.prepare, messages)
-    except BaseException:
-        queue.cancel_reservation()
-        raise
-    await queue.acquire()
-    try:
-        # The slot is freed by the generation thread itself when it ends, however
-        # the client behaves (reads everything, disconnects, never starts reading).
-        return engine.start(prepared, params, on_finish=queue.release)
-    except BaseException:
-        queue.release()
-        raise
+class Service:
+    """What the chat routes share: the model, the queue, the running answers, and shutdown."""
 
+    def __init__(self, holder: ModelHolder, queue: GenerationQueue) -> None:
+        self.holder = holder
+        self.queue = queue
+        self.stopping = asyncio.Event()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.active: set[ChatStream] = set()
 
-async def _finish(stream: ChatStream, request: Request) -> ChatResult:
-    """Collect a whole answer in one worker thread; stop generating if the client goes away.
+    def begin_shutdown(self) -> None:
+        """Stop every answer and refuse waiting requests (safe from a signal handler or any thread).
 
-    The answer is consumed in a single ``run_in_threadpool`` call rather than one
-    call per token: a thread-pool round trip per token cost ~0.4 ms on a 2-core
-    CPU, 10-14 % of a 64-token demo request (see ``make bench``).
-    """
-    watcher = asyncio.create_task(_cancel_on_disconnect(stream, request))
-    try:
-        result = await run_in_threadpool(stream.text)
-        if watcher.done():  # the client left: the answer is cut short and nobody will read it
+        Open streams then end with an OpenAI error chunk; waiting and plain
+        requests get a JSON 503, so nobody sees a bare connection reset.
+        """
+        for stream in list(self.active):
+            stream.cancel()
+        if self.loop is not None and not self.loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                self.loop.call_soon_threadsafe(self.stopping.set)
+
+    def _shutting_down(self) -> ServerBusy:
+        return ServerBusy("the server is shutting down; retry shortly", status_code=503, code="shutting_down")
+
+    async def start(self, request: Request, messages: list, raw_params: dict[str, Any]) -> ChatStream:
+        """Validate, load media (in a thread), wait for the model, start generating.
+
+        A client that leaves (or a shutdown) while media load or the request waits
+        for the model ends it there: no prefill is spent on it.
+        """
+        if self.stopping.is_set():
+            raise self._shutting_down()
+        engine = self.holder.ready_engine()
+        params = SamplingParams.build(engine.settings, **raw_params)
+        self.queue.reserve()
+        try:
+            prepared = await self._unless_gone(run_in_threadpool(engine.prepare, messages), request)
+            params = engine.check_context(prepared, params)  # before waiting, not after
+        except BaseException:
+            self.queue.cancel_reservation()
+            raise
+        await self._unless_gone(self.queue.acquire(), request, on_late_result=self._give_back_slot)
+
+        def finished(stream: ChatStream) -> None:
+            self.active.discard(stream)
+            self.queue.release(stream)
+
+        try:
+            # The slot is freed by the generation thread itself when it ends, however
+            # the client behaves (reads everything, disconnects, never starts reading).
+            stream = engine.start(prepared, params, on_finish=finished)
+        except BaseException:
+            self.queue.release()
+            raise
+        self.active.add(stream)
+        if self.stopping.is_set():
+            stream.cancel()
+        return stream
+
+    def _give_back_slot(self, _result: Any) -> None:
+        self.queue._release(stopped_early=True)
+
+    async def _unless_gone(
+        self, work: Awaitable[Any], request: Request, on_late_result: Callable[[Any], None] | None = None
+    ) -> Any:
+        """Await ``work`` unless the client disconnects or the server begins to shut down first."""
+        task = asyncio.ensure_future(work)
+        gone = asyncio.ensure_future(_disconnected(request))
+        stop = asyncio.ensure_future(self.stopping.wait())
+        try:
+            await asyncio.wait({task, gone, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            stop.cancel()
+        if not task.done():
+            task.cancel()
+            try:
+                result = await task
+            except (asyncio.CancelledError, Exception):
+                pass
+            else:  # it finished while being cancelled: undo what it took
+                if on_late_result is not None:
+                    on_late_result(result)
+            if stop.done() and not stop.cancelled():
+                raise self._shutting_down()
             raise RequestError("client disconnected", code="client_disconnected")
-        return result
-    finally:
-        watcher.cancel()
-        stream.cancel()
+        return task.result()
+
+    async def finish(self, stream: ChatStream, request: Request) -> ChatResult:
+        """Collect a whole answer in one worker thread; stop generating if the client goes away.
+
+        The answer is consumed in a single ``run_in_threadpool`` call rather than one
+        call per token: a thread-pool round trip per token cost ~0.4 ms on a 2-core
+        CPU, 10-14 % of a 64-token demo request (see ``make bench``).
+        """
+        watcher = asyncio.create_task(_cancel_on_disconnect(stream, request))
+        try:
+            result = await run_in_threadpool(stream.text)
+            if self.stopping.is_set() and stream.stopped_early:
+                raise self._shutting_down()
+            if watcher.done():  # the client left: the answer is cut short and nobody will read it
+                raise RequestError("client disconnected", code="client_disconnected")
+            return result
+        finally:
+            watcher.cancel()
+            stream.cancel()
+
+    async def sse(self, stream: ChatStream, model: str, include_usage: bool) -> AsyncIterator[str]:
+        """Server-sent events in the OpenAI chunk format, sent as tokens arrive."""
+        chunk_id, created = completion_id(), int(time.time())
+
+        def event(delta: DeltaMessage, finish=None, usage: Usage | None = None, empty=False) -> str:
+            choices = [] if empty else [ChunkChoice(delta=delta, finish_reason=finish)]
+            chunk = ChatCompletionChunk(
+                id=chunk_id, created=created, model=model, choices=choices, usage=usage
+            )
+            data = chunk.model_dump(exclude=None if include_usage else {"usage"})
+            for choice in data["choices"]:  # like OpenAI: a delta carries only what it has
+                choice["delta"] = {k: v for k, v in choice["delta"].items() if v is not None}
+            return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+        def error(status: int, message: str, param=None, code=None) -> str:
+            return f"data: {json.dumps(error_body(status, message, param, code))}\n\n"
+
+        try:
+            yield event(DeltaMessage(role="assistant", content=""))
+            try:
+                async for piece in _pieces(stream):
+                    yield event(DeltaMessage(content=piece))
+            except RequestError as exc:
+                yield error(exc.status_code, exc.message, exc.param, exc.code)
+            except Exception:
+                logger.exception("generation failed mid-stream")
+                yield error(500, "internal error during generation")
+            else:
+                if self.stopping.is_set() and stream.stopped_early:
+                    shutdown = self._shutting_down()
+                    yield error(shutdown.status_code, shutdown.message, None, shutdown.code)
+                else:
+                    result = stream.result
+                    yield event(DeltaMessage(), finish=result.finish_reason)
+                    if include_usage:
+                        yield event(DeltaMessage(), usage=Usage(**result.usage.as_dict()), empty=True)
+            yield "data: [DONE]\n\n"
+        finally:
+            stream.cancel()  # the client left early: stop generating at the next token
+
+
+async def _disconnected(request: Request) -> None:
+    """Return when the client has gone (the ASGI ``http.disconnect`` message)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _cancel_on_disconnect(stream: ChatStream, request: Request) -> None:
     """Wait for the ASGI ``http.disconnect`` message, then stop the generation."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
+    await _disconnected(request)
     stream.cancel()
 
 
@@ -428,38 +562,6 @@ async def _pieces(stream: ChatStream) -> AsyncIterator[str]:
         yield piece
 
 
-async def _sse(stream: ChatStream, model: str, include_usage: bool) -> AsyncIterator[str]:
-    """Server-sent events in the OpenAI chunk format, sent as tokens arrive."""
-    chunk_id, created = completion_id(), int(time.time())
-
-    def event(delta: DeltaMessage, finish: str | None = None, usage: Usage | None = None, empty=False) -> str:
-        choices = [] if empty else [ChunkChoice(delta=delta, finish_reason=finish)]
-        chunk = ChatCompletionChunk(id=chunk_id, created=created, model=model, choices=choices, usage=usage)
-        data = chunk.model_dump(exclude=None if include_usage else {"usage"})
-        for choice in data["choices"]:  # like OpenAI: a delta carries only what it has
-            choice["delta"] = {k: v for k, v in choice["delta"].items() if v is not None}
-        return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
-
-    try:
-        yield event(DeltaMessage(role="assistant", content=""))
-        try:
-            async for piece in _pieces(stream):
-                yield event(DeltaMessage(content=piece))
-        except RequestError as exc:
-            yield f"data: {json.dumps(error_body(exc.status_code, exc.message, exc.param, exc.code))}\n\n"
-        except Exception:
-            logger.exception("generation failed mid-stream")
-            yield f"data: {json.dumps(error_body(500, 'internal error during generation'))}\n\n"
-        else:
-            result = stream.result
-            yield event(DeltaMessage(), finish=result.finish_reason)
-            if include_usage:
-                yield event(DeltaMessage(), usage=Usage(**result.usage.as_dict()), empty=True)
-        yield "data: [DONE]\n\n"
-    finally:
-        stream.cancel()  # the client left early: stop generating at the next token
-
-
 def _install_error_handlers(app: FastAPI) -> None:
     def reply(status: int, message: str, param=None, code=None, headers=None) -> JSONResponse:
         return JSONResponse(error_body(status, message, param, code), status_code=status, headers=headers)
@@ -468,12 +570,15 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def request_error(request: Request, exc: RequestError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
         if exc.status_code == 429:
-            headers = {"Retry-After": "1"}
+            headers = {"Retry-After": str(app.state.queue.retry_after())}
         return reply(exc.status_code, exc.message, exc.param, exc.code, headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
+        cause = first.get("ctx", {}).get("error")
+        if isinstance(cause, RequestError):  # raised by a validator of helpers.protocol
+            return reply(cause.status_code, cause.message, cause.param, cause.code)
         location = [str(p) for p in first.get("loc", ()) if p != "body"]
         param = ".".join(location) or None
         if first.get("type") == "json_invalid":
@@ -494,8 +599,6 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 # ------------------------------------------------------------------------- CLI
 def main(argv: list[str] | None = None) -> None:
-    import uvicorn
-
     parser = argparse.ArgumentParser(prog="python -m helpers.server", description=__doc__.splitlines()[0])
     Settings.add_arguments(parser)
     parser.add_argument("--log-level", default="info", help="uvicorn log level")
@@ -504,7 +607,8 @@ def main(argv: list[str] | None = None) -> None:
         settings = Settings.from_args(args)
         if not settings.is_demo:
             settings.resolve_model_path()  # fail now, with the download instructions, not in the background
-    except (ConfigError, ModelNotFoundError) as exc:
+        check_gpu_before_loading(settings)
+    except (ConfigError, ModelNotFoundError, NotEnoughGPUMemory) as exc:
         parser.exit(2, f"error: {exc}\n")
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -513,13 +617,37 @@ def main(argv: list[str] | None = None) -> None:
         logger.warning(
             "listening on %s without --api-key: anyone who can reach it can use the GPU", settings.host
         )
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=args.log_level,
-        timeout_graceful_shutdown=5,
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_level=args.log_level, timeout_graceful_shutdown=5
     )
+    GracefulServer(config, on_exit=app.state.service.begin_shutdown).run()
+
+
+def check_gpu_before_loading(settings: Settings, probe=None) -> None:
+    """On a GPU, refuse to start when the model cannot fit in the free memory (see helpers.costs)."""
+    from helpers.engine import choose_device
+
+    if choose_device(settings.device).startswith("cuda"):
+        status = check_gpu_memory(settings, probe)
+        logger.info("GPU memory: %s", status.describe())
+
+
+class GracefulServer(uvicorn.Server):
+    """uvicorn's server, telling the app first when SIGTERM / SIGINT arrive.
+
+    uvicorn alone would wait for open responses and then cancel them (a plain-text
+    500 and a CancelledError traceback); the app instead ends streams with an
+    OpenAI error chunk and answers waiting requests with a JSON 503 at once.
+    """
+
+    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_exit = on_exit
+
+    def handle_exit(self, sig, frame) -> None:
+        self._on_exit()
+        super().handle_exit(sig, frame)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ def test_auto_dtype_and_attention_on_cpu():
 
     assert choose_dtype("auto", "cpu") == torch.float32
     assert choose_dtype("bfloat16", "cpu") == torch.bfloat16
-    assert choose_attention("cpu") == "sdpa"
+    assert choose_attention("auto", "cpu") == "sdpa" and choose_attention("eager", "cpu") == "eager"
 
 
 def test_greedy_answers_are_reproducible_and_streams_join_to_them(engine):
