@@ -652,9 +652,10 @@ def _sample(
         for frame in box.decode(stream):
             if frame.time is not None:
                 position = frame.time - origin
-            taken = None
+            taken = None  # one picture per decoded frame, however many instants it covers
             while index < len(instants) and position + 1e-3 >= instants[index]:
-                taken = taken or picture(frame)
+                if taken is None:
+                    taken = picture(frame)
                 frames.append(taken)
                 times.append(position)
                 index += 1
