@@ -345,3 +345,28 @@ def test_hostile_requests_against_a_real_uvicorn_process(live, name, text, statu
     if status != 200:
         assert set(response.json()["error"]) == {"message", "type", "param", "code"}
     assert requests.post(url, json=chat_body(max_tokens=2), timeout=60).status_code == 200
+
+
+MEDIA_NUMBERS = [
+    ('"fps": NaN', "fps"),
+    ('"fps": 1e400', "fps"),
+    ('"max_pixels": -Infinity', "max_pixels"),
+    ('"min_pixels": 1e-300', "min_pixels"),
+    ('"video_start": NaN', "video_start"),
+    ('"nframes": 1e400', "nframes"),
+    ('"frobnicate": 1', "frobnicate"),
+]
+
+
+@pytest.mark.parametrize(("field", "key"), MEDIA_NUMBERS)
+def test_bad_numbers_in_video_parts_are_400_naming_the_field_over_http(live, field, key):
+    part = '{"type": "video", "video": "v.mp4", ' + field + "}"
+    text = '{"messages": [{"role": "user", "content": [' + part + ']}], "max_tokens": 2}'
+    response = requests.post(
+        live.base_url + "/v1/chat/completions",
+        data=text,
+        headers={"Content-Type": "application/json"},
+        timeout=60,
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == f"messages[0].content[0].{key}"
