@@ -554,7 +554,7 @@ def check_fit(settings: Settings, devices: list[GpuDevice]) -> CheckRow:
     if too_big_for_4090:
         need += "；一张 24 GB 的 RTX 4090 放不下"
     if not devices:
-        fix = "跑 4B 需要一张 GPU（AutoDL RTX 4090 24 GB 足够）"
+        fix = f"跑 {shape.name} 需要一张 GPU（AutoDL 的 RTX 4090 24 GB 够用）"
         if too_big_for_4090:
             fix = "这个模型需要多张 GPU 或显存更大的卡（vLLM 张量并行，见 notebook 07），或换 4B / 8B"
         return CheckRow(
