@@ -64,8 +64,8 @@ Keys of ``bench.json`` (times in seconds unless the name says ``_ms``;
   ``torch.cuda.max_memory_allocated`` of the in-process engine), ``decode_tokens`` (int),
   ``decode_tokens_per_s`` (float, greedy, after the first token), ``bandwidth_gb_s`` (float, the
   GPU's memory bandwidth from a small table; ``null`` when unknown), ``bandwidth_fraction`` (float,
-  ``weight_bytes x decode_tokens_per_s / bandwidth``: how close decoding is to the limit of reading
-  every weight once per token)
+  ``decode_weight_bytes x decode_tokens_per_s / bandwidth``: how close decoding is to the limit of
+  reading the language model's weights once per token; the vision tower is not read per token)
 - ``goals``: ``overhead_ratio_max`` (float, 0.05), ``overhead_ok`` (bool),
   ``health_busy_p99_max_ms`` (float, 50), ``health_ok`` (bool)
 """
@@ -553,6 +553,24 @@ def gpu_bandwidth_gb_s(name: str | None) -> float | None:
     return None
 
 
+def decode_weight_bytes(model) -> int:
+    """Bytes of weights read for every decoded token: the language model and its output head.
+
+    The vision tower runs once per picture during prefill, not per token, and an
+    input embedding that is not shared with the output head is only gathered
+    one row at a time, so neither counts toward the bandwidth limit.
+    """
+    head = model.get_output_embeddings()
+    head_weight = head.weight if head is not None else None
+    embed_weight = model.get_input_embeddings().weight
+    total = 0
+    for name, param in model.named_parameters():  # tied weights are listed once
+        if ".visual." in f".{name}" or (param is embed_weight and param is not head_weight):
+            continue
+        total += param.numel() * param.element_size()
+    return total
+
+
 def gpu_decode(
     engine: Engine, messages: list[dict[str, Any]] | None = None, tokens: int = GPU_DECODE_TOKENS
 ) -> dict[str, Any]:
@@ -579,7 +597,7 @@ def gpu_decode(
         bandwidth_gb_s=bandwidth,
     )
     if rate and bandwidth:
-        facts["bandwidth_fraction"] = engine.weight_bytes() * rate / (bandwidth * 1e9)
+        facts["bandwidth_fraction"] = decode_weight_bytes(engine.model) * rate / (bandwidth * 1e9)
     return facts
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -82,6 +83,43 @@ class ModelShape:
 QWEN3_VL_4B = ModelShape(
     name="Qwen3-VL-4B-Instruct", num_layers=36, num_kv_heads=8, head_dim=128, num_parameters=4_440_000_000
 )
+
+# The other Qwen3-VL sizes, from their published configs (text layers, KV heads,
+# head_dim; parameters rounded), keyed by the size in the model id. The memory
+# estimate of env_check follows the chosen model id through this table, so
+# "what if I pick the 8B" has an honest answer before anything is downloaded.
+MODEL_SHAPES: dict[str, ModelShape] = {
+    "2B": ModelShape(
+        "Qwen3-VL-2B", num_layers=28, num_kv_heads=8, head_dim=128, num_parameters=2_130_000_000
+    ),
+    "4B": QWEN3_VL_4B,
+    "8B": ModelShape(
+        "Qwen3-VL-8B", num_layers=36, num_kv_heads=8, head_dim=128, num_parameters=8_770_000_000
+    ),
+    # Mixture of experts: all 30 B parameters sit in memory although ~3 B work per token.
+    "30B-A3B": ModelShape(
+        "Qwen3-VL-30B-A3B", num_layers=48, num_kv_heads=4, head_dim=128, num_parameters=31_070_000_000
+    ),
+    "32B": ModelShape(
+        "Qwen3-VL-32B", num_layers=64, num_kv_heads=8, head_dim=128, num_parameters=33_400_000_000
+    ),
+    "235B-A22B": ModelShape(
+        "Qwen3-VL-235B-A22B", num_layers=94, num_kv_heads=4, head_dim=128, num_parameters=236_000_000_000
+    ),
+}
+
+
+def shape_for_model(model_id: str) -> ModelShape | None:
+    """The bf16 shape of a Qwen3-VL model id ("Qwen/Qwen3-VL-8B-Instruct" -> the 8B row), or None.
+
+    Ids that name no size we know (a local folder, another model family) and
+    quantised checkpoints (FP8, AWQ, ...: other bytes per weight) give None.
+    """
+    name = model_id.rstrip("/").rsplit("/", 1)[-1].upper()
+    if any(tag in name for tag in ("FP8", "AWQ", "GPTQ", "INT4", "INT8", "GGUF")):
+        return None
+    match = re.search(r"QWEN3-VL-(\d+B(?:-A\d+B)?)(?![A-Z0-9])", name)
+    return MODEL_SHAPES.get(match.group(1)) if match else None
 
 
 @dataclass(frozen=True)

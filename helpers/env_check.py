@@ -270,6 +270,14 @@ def check_torch(info: TorchInfo) -> CheckRow:
         return CheckRow("PyTorch", FAIL, f"{value}（transformers 5 需要 torch ≥ {MIN_TORCH}）", "换用新镜像")
     if info.torchvision is None:
         return CheckRow("PyTorch", FAIL, value, "pip install torchvision（与 torch 配套的版本）")
+    if _version_tuple(info.version)[:2] == (2, 9):
+        # pytorch/pytorch#166122: a Conv3d slowdown that hits Qwen3-VL's patch embedding
+        return CheckRow(
+            "PyTorch",
+            WARN,
+            f"{value}（torch 2.9.x 的 Conv3d 性能回退会让视觉编码非常慢，pytorch#166122）",
+            "换用 torch 2.8（AutoDL 镜像自带）或 2.10 及更新版本",
+        )
     return CheckRow("PyTorch", OK, value)
 
 
@@ -520,7 +528,14 @@ def check_network(environ: Mapping[str, str]) -> CheckRow:
 
 
 def check_fit(settings: Settings, devices: list[GpuDevice]) -> CheckRow:
-    from helpers.costs import QWEN3_VL_4B, ModelShape, format_bytes, max_request_tokens, memory_estimate
+    from helpers.costs import (
+        QWEN3_VL_4B,
+        ModelShape,
+        format_bytes,
+        max_request_tokens,
+        memory_estimate,
+        shape_for_model,
+    )
 
     name = "显存估算（默认预算）"
     shape, prefix = QWEN3_VL_4B, ""
@@ -528,29 +543,36 @@ def check_fit(settings: Settings, devices: list[GpuDevice]) -> CheckRow:
         prefix = "演示模式，按 4B 计算："
     elif has_weights(settings.model_dir()):
         shape = ModelShape.from_pretrained(settings.model_dir())
-    elif settings.model != DEFAULT_MODEL:
-        prefix = "还没有下载，按 4B 估算："
+    elif (known := shape_for_model(settings.model)) is not None:
+        shape, prefix = known, "还没有下载，按公开配置估算："
+    else:
+        prefix = f"不认识 {settings.model} 的大小，按 4B 估算："
     tokens = max_request_tokens(settings)
     estimate = memory_estimate(shape, tokens)
     need = f"{prefix}{shape.name} bf16 + 最大请求 {tokens} token 需要约 {format_bytes(estimate.total)}"
+    too_big_for_4090 = not estimate.fits(24 * GIB)
+    if too_big_for_4090:
+        need += "；一张 24 GB 的 RTX 4090 放不下"
     if not devices:
+        fix = f"跑 {shape.name} 需要一张 GPU（AutoDL 的 RTX 4090 24 GB 够用）"
+        if too_big_for_4090:
+            fix = "这个模型需要多张 GPU 或显存更大的卡（vLLM 张量并行，见 notebook 07），或换 4B / 8B"
         return CheckRow(
             name,
             WARN,
             f"{need}；本机没有 GPU",
-            "跑 4B 需要一张 GPU（AutoDL RTX 4090 24 GB 足够）"
-            + ("；演示模型在 CPU 上就能跑" if settings.is_demo else "；没有 GPU 时用 QWEN3VL_MODEL=demo"),
+            fix + ("；演示模型在 CPU 上就能跑" if settings.is_demo else "；没有 GPU 时用 QWEN3VL_MODEL=demo"),
         )
     gpu = max(d.total_bytes for d in devices)
     if estimate.fits(gpu):
         return CheckRow(name, OK, f"{need} ≤ 显存 {format_bytes(gpu)}")
-    return CheckRow(
-        name,
-        WARN if settings.is_demo else FAIL,
-        f"{need} > 显存 {format_bytes(gpu)}",
+    fix = (
         "调小 QWEN3VL_IMAGE_MAX_PIXELS / QWEN3VL_VIDEO_MAX_FRAMES / QWEN3VL_MAX_NEW_TOKENS_LIMIT，"
-        "或换显存更大的 GPU",
+        "或换显存更大的 GPU"
     )
+    if estimate.weights + estimate.overhead > gpu:
+        fix = "光是权重就放不下：换小一号的模型（4B / 8B），或用多张 GPU（vLLM 张量并行，见 notebook 07）"
+    return CheckRow(name, WARN if settings.is_demo else FAIL, f"{need} > 显存 {format_bytes(gpu)}", fix)
 
 
 def run_checks(settings: Settings | None = None, environ: Mapping[str, str] | None = None) -> list[CheckRow]:

@@ -4,7 +4,7 @@ Cells tagged ``nbval-skip`` (internet or GPU only) are skipped exactly as the
 tests skip them. Executed copies go to ``build/executed/`` (git-ignored); the
 notebooks in ``notebooks/`` are never modified.
 
-    python -m helpers.run_notebooks [notebooks/02_inference_text_image.ipynb ...]
+    python -m helpers.run_notebooks [notebooks/02_first_inference.ipynb ...]
 """
 
 from __future__ import annotations

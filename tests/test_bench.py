@@ -183,6 +183,15 @@ def test_gpu_figures_are_null_on_a_cpu(engine):
     assert set(facts) == set(SCHEMA["gpu"]) and all(v is None for v in facts.values())
 
 
+def test_bandwidth_counts_the_language_model_not_the_vision_tower(engine):
+    model = engine.model
+    vision = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if ".visual." in f".{n}")
+    assert vision > 0
+    # the demo checkpoint ties its input embedding to the output head, so only the vision tower drops out
+    assert model.get_input_embeddings().weight is model.get_output_embeddings().weight
+    assert bench.decode_weight_bytes(model) == engine.weight_bytes() - vision
+
+
 def test_image_request_carries_the_cat_as_a_jpeg_data_uri():
     (message,) = bench.image_messages()
     url = message["content"][0]["image_url"]["url"]

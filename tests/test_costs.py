@@ -83,3 +83,32 @@ def test_video_tokens_match_what_the_processor_produces(engine, media_dir):
     )
     assert int((prepared.inputs["input_ids"] == 151656).sum()) == expected.tokens
     assert prepared.inputs["video_grid_thw"][0, 0].item() == expected.frames // 2
+
+
+@pytest.mark.parametrize(
+    ("model_id", "size", "fits_24_gib"),
+    [
+        ("Qwen/Qwen3-VL-2B-Instruct", "2B", True),
+        ("Qwen/Qwen3-VL-4B-Instruct", "4B", True),
+        ("Qwen/Qwen3-VL-8B-Instruct", "8B", True),
+        ("Qwen/Qwen3-VL-30B-A3B-Instruct", "30B-A3B", False),
+        ("Qwen/Qwen3-VL-32B-Thinking", "32B", False),
+    ],
+)
+def test_model_id_picks_its_shape_and_only_small_ones_fit_a_4090(model_id, size, fits_24_gib):
+    shape = costs.shape_for_model(model_id)
+    assert shape is costs.MODEL_SHAPES[size]
+    settings = Settings(model="demo")
+    estimate = costs.memory_estimate(shape, costs.max_request_tokens(settings))
+    assert estimate.fits(24 * costs.GIB) == fits_24_gib
+
+
+@pytest.mark.parametrize(
+    "model_id", ["/data/my-model", "Qwen/Qwen2.5-VL-7B-Instruct", "Qwen/Qwen3-VL-8B-Instruct-FP8"]
+)
+def test_unknown_or_quantised_ids_have_no_shape(model_id):
+    assert costs.shape_for_model(model_id) is None
+
+
+def test_the_4b_row_is_the_published_4b_shape():
+    assert costs.MODEL_SHAPES["4B"] is costs.QWEN3_VL_4B

@@ -98,8 +98,15 @@ def test_rtx_4090_rows_are_all_green_for_the_4b_model(gpu_machine, no_network):
 
 
 FAKED = {
-    "8 GiB GPU cannot hold the 4B": (
+    "8 GiB GPU cannot hold the 4B weights": (
         {"gpu_devices": [GpuDevice("RTX 3070", 8 * GIB, 7 * GIB, (8, 6))]},
+        DEFAULT_MODEL,
+        "显存估算（默认预算）",
+        FAIL,
+        "小一号的模型",
+    ),
+    "12 GiB GPU holds the 4B weights but not the largest request": (
+        {"gpu_devices": [GpuDevice("RTX 3060", 12 * GIB, 11 * GIB, (8, 6))]},
         DEFAULT_MODEL,
         "显存估算（默认预算）",
         FAIL,
@@ -168,6 +175,34 @@ FAKED = {
         FAIL,
         "镜像",
     ),
+    "torch 2.9 has the Conv3d slowdown": (
+        {"torch_info": TorchInfo("2.9.1+cu128", "0.24.1+cu128", "12.8")},
+        DEFAULT_MODEL,
+        "PyTorch",
+        WARN,
+        "torch 2.8",
+    ),
+    "8B on a 4090 fits with its own shape": (
+        {},
+        "Qwen/Qwen3-VL-8B-Instruct",
+        "显存估算（默认预算）",
+        OK,
+        "",
+    ),
+    "32B cannot fit a 4090 whatever the budgets": (
+        {},
+        "Qwen/Qwen3-VL-32B-Instruct",
+        "显存估算（默认预算）",
+        FAIL,
+        "多张 GPU",
+    ),
+    "30B-A3B cannot fit a 4090 either": (
+        {},
+        "Qwen/Qwen3-VL-30B-A3B-Instruct",
+        "显存估算（默认预算）",
+        FAIL,
+        "小一号的模型",
+    ),
     "little RAM": (
         {"memory_info": (8 * GIB, 6 * GIB)},
         DEFAULT_MODEL,
@@ -215,6 +250,21 @@ NVIDIA_SMI_HEADER = """
 | NVIDIA-SMI 570.124.04             Driver Version: 570.124.04     CUDA Version: 12.8     |
 |-----------------------------------------+------------------------+----------------------+
 """
+
+
+@pytest.mark.parametrize(
+    ("model", "shape_name"),
+    [
+        ("Qwen/Qwen3-VL-2B-Instruct", "Qwen3-VL-2B"),
+        (DEFAULT_MODEL, "Qwen3-VL-4B-Instruct"),
+        ("Qwen/Qwen3-VL-8B-Thinking", "Qwen3-VL-8B"),
+        ("Qwen/Qwen3-VL-32B-Instruct", "Qwen3-VL-32B"),
+    ],
+)
+def test_vram_row_follows_the_model_id(gpu_machine, no_network, model, shape_name):
+    found = row(env_check.run_checks(gpu_machine(model=model), environ=OFFLINE), "显存估算（默认预算）")
+    assert shape_name in found.value, found
+    assert ("放不下" in found.value) == (shape_name == "Qwen3-VL-32B")
 
 
 def test_driver_info_reads_the_nvidia_smi_header(monkeypatch):
