@@ -310,13 +310,14 @@ class GpuMemoryStatus:
 
 
 def model_shape_for(settings, bytes_per_value: int | None = None) -> ModelShape:
-    """The shape of the configured model: from its config.json when downloaded, else the 4B's."""
+    """The configured model's shape: its config.json when downloaded, else its id's row, else the 4B's."""
     if bytes_per_value is None:
         bytes_per_value = 4 if settings.dtype == "float32" else 2
     folder = settings.model_dir()
     if (folder / "config.json").is_file() and any(folder.glob("*.safetensors")):
         return ModelShape.from_pretrained(folder, bytes_per_value)
-    return dataclasses.replace(QWEN3_VL_4B, bytes_per_value=bytes_per_value)
+    shape = shape_for_model(settings.model) or QWEN3_VL_4B
+    return dataclasses.replace(shape, bytes_per_value=bytes_per_value)
 
 
 def gpu_memory_status(settings, probe: MemoryProbe | None = None) -> GpuMemoryStatus:

@@ -324,3 +324,13 @@ def test_the_bench_checks_that_its_two_copies_fit_and_says_why_it_needs_two():
     assert check_two_copies_fit(settings, probe=lambda: (int(23.3 * GIB), 24 * GIB)).ok  # an idle 4090
     with pytest.raises(NotEnoughGPUMemory, match="twice on purpose"):
         check_two_copies_fit(settings, probe=lambda: (14 * GIB, 24 * GIB))
+
+
+def test_gpu_memory_estimate_follows_the_model_id():
+    def needed(model: str) -> float:
+        settings = Settings.from_env({}, model=model, model_root="/nonexistent")
+        return gpu_memory_status(settings, probe=lambda: (80 * GIB, 80 * GIB)).needed / GIB
+
+    assert needed("Qwen/Qwen3-VL-2B-Instruct") < needed("Qwen/Qwen3-VL-4B-Instruct")
+    assert needed("Qwen/Qwen3-VL-4B-Instruct") < needed("Qwen/Qwen3-VL-8B-Instruct") < 24
+    assert needed("Qwen/Qwen3-VL-32B-Instruct") > 24
