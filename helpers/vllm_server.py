@@ -58,13 +58,14 @@ DEMO_CPU_KVCACHE_GIB = "1"
 
 
 def vllm_venv() -> Path:
-    """The vLLM environment: ``$QWEN3VL_VLLM_VENV``, else ``.venv-vllm`` in the repository."""
-    return Path(os.environ.get("QWEN3VL_VLLM_VENV") or REPO_ROOT / DEFAULT_VENV).expanduser()
+    """The vLLM environment: ``$QWEN3VL_VLLM_VENV``, else ``.venv-vllm``; relative to the repository."""
+    # Relative to the repository, not the working directory: notebooks run in notebooks/.
+    return REPO_ROOT / Path(os.environ.get("QWEN3VL_VLLM_VENV") or DEFAULT_VENV).expanduser()
 
 
 def vllm_python(venv: Path | None = None) -> Path:
     """The vLLM environment's python; FileNotFoundError with the fix when it is missing."""
-    python = venv_python(venv or vllm_venv())
+    python = venv_python(REPO_ROOT / venv if venv else vllm_venv())
     if not python.exists():
         raise FileNotFoundError(
             f"No vLLM environment at {python.parent.parent}.\n"
@@ -240,7 +241,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings.from_args(args)
         model_dir = settings.resolve_model_path()
-        python = vllm_python(args.venv) if not args.print_only else venv_python(args.venv or vllm_venv())
+        python = (
+            vllm_python(args.venv)
+            if not args.print_only
+            else venv_python(REPO_ROOT / args.venv if args.venv else vllm_venv())
+        )
     except (ConfigError, ModelNotFoundError, FileNotFoundError) as exc:
         parser.exit(2, f"error: {exc}\n")
     if len(settings.allowed_local_media_path) > 1:
