@@ -2,6 +2,7 @@
 
     python -m helpers.bench                          # the demo model (no GPU needed), ~30 s on 2 CPU cores
     python -m helpers.bench --model demo --repeats 5 --out results/
+    python -m helpers.bench --compare vllm           # the same load on our server and on vLLM
     QWEN3VL_MODEL=Qwen/Qwen3-VL-4B-Instruct python -m helpers.bench --repeats 10
 
 One run loads the model in this process **and** starts the API server
@@ -11,6 +12,15 @@ same state), then measures each figure several times, prints a table
 and writes ``<out>/bench.json`` and ``<out>/bench.png``. The model is
 ``--model``, else ``QWEN3VL_MODEL``, else ``demo``. Figures are reported,
 never asserted: they depend on the machine and on whatever else runs on it.
+
+Side by side (``--compare vllm`` starts vLLM with the same settings through
+:mod:`helpers.vllm_server`; ``--compare-base-url URL`` uses any running
+OpenAI-compatible server): instead of the figures below, the same greedy
+load (64 tokens, concurrency 1, 4, 8 and 16, levels interleaved so both
+servers see the same machine) goes to our server and to the other one; it
+prints requests/s, p50/p99 latency and their ratio, and writes
+``<out>/compare.json`` (``targets``, ``levels`` with one summary per server,
+``startup_s``, ``model``, ``max_tokens``) and ``<out>/compare.png``.
 
 The measuring functions (``percentile``, ``measure_latency``, ``http_chat``,
 ``sse_first_token``, ``health_latencies``, ``health_while_generating``,
@@ -835,6 +845,8 @@ def format_compare_table(results: dict[str, Any]) -> str:
     }
     last = results["levels"][-1]["concurrency"]
     footer = f"并发 {last} 相对并发 1 的吞吐：" + "，".join(f"{n} {r:.1f}×" for n, r in scaling.items())
+    if results.get("startup_s"):
+        footer += "\n启动到就绪：" + "，".join(f"{n} {s:.0f} s" for n, s in results["startup_s"].items())
     return "\n".join([title, "-" * display_width(lines[0]), *lines, footer])
 
 
@@ -900,13 +912,16 @@ def run_compare(
     began = time.perf_counter()
     model = model or os.environ.get("QWEN3VL_MODEL") or "demo"
     started: list[Callable[[], None]] = []
+    startup: dict[str, float] = {}  # seconds from start to a 200 from /health, per server started here
     try:
         if compare_base_url is None and compare == "vllm":
             from helpers.vllm_server import start_vllm, stop_vllm
 
             settings = Settings.from_env(model=model, allowed_local_media_path=[IMAGES_DIR])
             _log(verbose, "启动 vLLM（CPU 上约 2 分钟）...")
+            starting = time.perf_counter()
             vllm = start_vllm(settings.replace(api_key=None), port=launcher.free_port(), verbose=verbose)
+            startup["vLLM"] = time.perf_counter() - starting
             started.append(lambda: stop_vllm(vllm))
             second = Target("vLLM", vllm.base_url)
         elif compare_base_url is not None:
@@ -915,6 +930,7 @@ def run_compare(
             raise ValueError(f"compare must be 'vllm' or a base URL is needed, got {compare!r}")
         if base_url is None:
             _log(verbose, "启动我们的服务 ...")
+            starting = time.perf_counter()
             ours_server = launcher.start_server(
                 model=model,
                 port=launcher.free_port(),
@@ -922,6 +938,7 @@ def run_compare(
                 env={"QWEN3VL_API_KEY": ""},
                 timeout=600,
             )
+            startup["ours"] = time.perf_counter() - starting
             started.append(lambda: launcher.stop_server(ours_server))
             ours = Target("ours", ours_server.base_url)
         else:
@@ -937,6 +954,7 @@ def run_compare(
         created=datetime.now(UTC).isoformat(timespec="seconds"),
         model=model,
         cpu_count=os.cpu_count() or 1,
+        startup_s=startup,
         wall_s=time.perf_counter() - began,
     )
     out = Path(out_dir)
