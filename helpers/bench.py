@@ -1027,6 +1027,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(format_compare_table(compared))
         print(f"\n结果已写入 {Path(args.out) / 'compare.json'} 和 {Path(args.out) / 'compare.png'}")
         return 0
+    if args.base_url:
+        from helpers.launcher import health
+
+        # The full bench reads our server's queue from /health; other servers (vLLM) have none.
+        status, body = health(args.base_url, timeout=10)
+        if status == 0:
+            parser.error(f"nothing answers at {args.base_url}/health")
+        if "queue" not in body:
+            parser.error(
+                f"{args.base_url} (HTTP {status} from /health) is not helpers.server; "
+                f"for another server use --compare-base-url {args.base_url}"
+            )
     results = run_bench(
         model=args.model,
         repeats=args.repeats,

@@ -39,6 +39,7 @@ import argparse
 import json
 import os
 import shlex
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -177,7 +178,7 @@ def vllm_env(settings: Settings, cpu: bool | None = None) -> dict[str, str]:
 
 
 def printable(command: Sequence[str], env: dict[str, str] | None = None) -> str:
-    """The command as one shell line a learner can copy (API key masked)."""
+    """The command as one shell line a learner can copy (API key masked, empty variables left out)."""
     shown = list(command)
     if "--api-key" in shown:
         shown[shown.index("--api-key") + 1] = "$QWEN3VL_API_KEY"
@@ -203,7 +204,7 @@ def start_vllm(
     command = vllm_command(settings, python, cpu=cpu, extra_args=extra_args)
     env = vllm_env(settings, cpu)
     if verbose:
-        print(printable(command, {k: v for k, v in env.items() if k != "PYTHONPATH"}), flush=True)
+        print(printable(command, env), flush=True)
     connect_host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
     return launcher.start_process(
         command,
@@ -253,7 +254,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.print_only:
         cpu = is_cpu_build(settings)
         env = vllm_env(settings, cpu)
-        env.pop("PYTHONPATH")
         print(printable(vllm_command(settings, python, model_dir, cpu, extra), env))
         return 0
     server = start_vllm(settings, extra_args=extra, timeout=args.timeout, venv=args.venv)
@@ -261,14 +261,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"vLLM 已就绪: http://{shown}:{settings.port}  (日志 {server.log_path})")
     print(f"客户端: export QWEN3VL_BASE_URL=http://{shown}:{settings.port}")
     print("按 Ctrl+C 停止")
+    # A closed terminal or `kill` sends SIGTERM: leave through `finally` too, so vLLM stops with us.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    assert server.process is not None
     try:
-        assert server.process is not None
-        server.process.wait()
+        code = server.process.wait()
+        print(f"vLLM exited with code {code}:\n{server.log_tail()}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        pass
+        return 0
     finally:
         stop_vllm(server)
-    return 0
 
 
 if __name__ == "__main__":
