@@ -4,9 +4,17 @@ PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 # Offline demo mode: the tiny demo model, no model hub, no outside hosts.
 DEMO_ENV := QWEN3VL_MODEL=demo HF_HUB_OFFLINE=1 QWEN3VL_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-NOTEBOOKS := $(wildcard notebooks/[0-9][0-9]_*.ipynb)
+# Notebook 07 needs vLLM (its own environment): `make test-vllm` runs it, `make test` does not.
+VLLM_NOTEBOOKS := $(wildcard notebooks/07_*.ipynb)
+NOTEBOOKS := $(filter-out $(VLLM_NOTEBOOKS),$(wildcard notebooks/[0-9][0-9]_*.ipynb))
+# vLLM pins its own torch, so it lives in its own venv (helpers/vllm_setup.py).
+VLLM_VENV ?= .venv-vllm
+# vLLM reports usage statistics unless told not to; nothing here connects outside the machine.
+VLLM_QUIET := VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1
+BENCH_ARGS ?=
 
-.PHONY: help setup setup-dev check download demo test serve bench lab lint format clean
+.PHONY: help setup setup-dev check download demo test serve bench lab lint format clean \
+	vllm-setup serve-vllm test-vllm bench-vllm
 
 help:
 	@echo "make setup     install requirements.txt (+ torch only if it is missing)"
@@ -15,7 +23,11 @@ help:
 	@echo "make demo      run every notebook on the demo model and print a table"
 	@echo "make test      pytest over tests/ and nbval over notebooks/ (demo model, offline)"
 	@echo "make serve     start the API server (QWEN3VL_MODEL=demo make serve without a GPU)"
-	@echo "make bench     measure the server (demo model unless QWEN3VL_MODEL is set)"
+	@echo "make bench     measure the server (demo model unless QWEN3VL_MODEL is set; BENCH_ARGS=...)"
+	@echo "make vllm-setup  install vLLM into its own venv $(VLLM_VENV) (CUDA build with a GPU, else CPU)"
+	@echo "make serve-vllm  serve the same model with vLLM, from the same QWEN3VL_* settings"
+	@echo "make test-vllm   the client contract + greedy parity against vLLM, and notebook 07"
+	@echo "make bench-vllm  the same load on our server and on vLLM: req/s, p50/p99 at 1/4/8/16"
 	@echo "make lab       start JupyterLab on 127.0.0.1:8888"
 	@echo "make lint      ruff check + ruff format --check"
 	@echo "make clean     remove caches, executed notebooks and results"
@@ -58,7 +70,24 @@ serve:
 	$(PYTHON) -m helpers.server
 
 bench:
-	$(PYTHON) -m helpers.bench
+	$(PYTHON) -m helpers.bench $(BENCH_ARGS)
+
+vllm-setup:
+	$(VLLM_QUIET) $(PYTHON) -m helpers.vllm_setup --venv $(VLLM_VENV)
+
+serve-vllm:
+	$(VLLM_QUIET) QWEN3VL_VLLM_VENV=$(VLLM_VENV) $(PYTHON) -m helpers.vllm_server
+
+# Starts vLLM on the demo checkpoint (tests_vllm/ and notebook 07 each start one, ~2 min on 2 cores).
+test-vllm: setup-dev vllm-setup
+	$(DEMO_ENV) $(VLLM_QUIET) QWEN3VL_VLLM_VENV=$(VLLM_VENV) $(PYTHON) -m pytest -p no:cacheprovider tests_vllm
+	@if [ -n "$(VLLM_NOTEBOOKS)" ]; then \
+		$(DEMO_ENV) $(VLLM_QUIET) QWEN3VL_VLLM_VENV=$(VLLM_VENV) $(PYTHON) -m pytest --nbval-lax \
+			--nbval-cell-timeout=900 -p no:cacheprovider $(VLLM_NOTEBOOKS); \
+	fi
+
+bench-vllm: vllm-setup
+	$(VLLM_QUIET) QWEN3VL_VLLM_VENV=$(VLLM_VENV) $(PYTHON) -m helpers.bench --compare vllm $(BENCH_ARGS)
 
 lab:
 	$(PYTHON) -m jupyterlab --ip 127.0.0.1 --port 8888 --notebook-dir notebooks

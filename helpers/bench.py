@@ -2,6 +2,7 @@
 
     python -m helpers.bench                          # the demo model (no GPU needed), ~30 s on 2 CPU cores
     python -m helpers.bench --model demo --repeats 5 --out results/
+    python -m helpers.bench --compare vllm           # the same load on our server and on vLLM
     QWEN3VL_MODEL=Qwen/Qwen3-VL-4B-Instruct python -m helpers.bench --repeats 10
 
 One run loads the model in this process **and** starts the API server
@@ -11,6 +12,15 @@ same state), then measures each figure several times, prints a table
 and writes ``<out>/bench.json`` and ``<out>/bench.png``. The model is
 ``--model``, else ``QWEN3VL_MODEL``, else ``demo``. Figures are reported,
 never asserted: they depend on the machine and on whatever else runs on it.
+
+Side by side (``--compare vllm`` starts vLLM with the same settings through
+:mod:`helpers.vllm_server`; ``--compare-base-url URL`` uses any running
+OpenAI-compatible server): instead of the figures below, the same greedy
+load (64 tokens, concurrency 1, 4, 8 and 16, levels interleaved so both
+servers see the same machine) goes to our server and to the other one; it
+prints requests/s, p50/p99 latency and their ratio, and writes
+``<out>/compare.json`` (``targets``, ``levels`` with one summary per server,
+``startup_s``, ``model``, ``max_tokens``) and ``<out>/compare.png``.
 
 The measuring functions (``percentile``, ``measure_latency``, ``http_chat``,
 ``sse_first_token``, ``health_latencies``, ``health_while_generating``,
@@ -370,11 +380,15 @@ def concurrency_run(
     max_tokens: int = 64,
     kind: str = "text",
     timeout: float = 600.0,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
 ) -> ConcurrencyResult:
     """Send ``requests_total`` greedy requests from ``concurrency`` threads (one connection each).
 
     The server generates one answer at a time and queues the rest, so with
     ``concurrency`` > 1 each request's latency includes its wait in the queue.
+    ``headers`` go with every request (e.g. the API key); ``extra`` into every
+    body (e.g. ``model=`` for servers that check it, such as vLLM).
     """
     local = threading.local()
     start = time.perf_counter()
@@ -382,8 +396,9 @@ def concurrency_run(
     def one(index: int) -> RequestRecord:
         if not hasattr(local, "session"):
             local.session = requests.Session()
+            local.session.headers.update(headers or {})
         began = time.perf_counter() - start
-        body = http_chat(local.session, base_url, messages, max_tokens, timeout=timeout)
+        body = http_chat(local.session, base_url, messages, max_tokens, timeout=timeout, **extra)
         return RequestRecord(index, began, time.perf_counter() - start, body["usage"]["completion_tokens"])
 
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="bench-client") as pool:
@@ -932,6 +947,235 @@ def plot_results(results: dict[str, Any], path: Path | str) -> Path:
     return path
 
 
+# ------------------------------------------------------- side-by-side comparison
+COMPARE_CONCURRENCY = (1, 4, 8, 16)
+
+
+@dataclass
+class Target:
+    """A server to compare: its name in the tables, root URL, API key and served model name."""
+
+    name: str
+    base_url: str
+    api_key: str | None = None
+    model: str | None = None
+
+    def headers(self) -> dict[str, str]:
+        from helpers.client import auth_headers
+
+        return auth_headers(self.api_key, environ={})
+
+    def resolve_model(self) -> str:
+        """The model name the server serves (vLLM refuses requests that name another one)."""
+        if self.model is None:
+            from helpers.client import openai_client, served_model
+
+            self.model = served_model(openai_client(self.base_url, self.api_key))
+        return self.model
+
+
+def compare_requests(concurrency: int, minimum: int = 8) -> int:
+    """Requests per concurrency level: every client sends at least two, and never fewer than ``minimum``."""
+    return max(minimum, 2 * concurrency)
+
+
+def compare_summary(result: ConcurrencyResult) -> dict[str, Any]:
+    """:meth:`ConcurrencyResult.summary` plus the 99th percentile latency."""
+    return {**result.summary(), "latency_p99_s": percentile(result.latencies(), 99)}
+
+
+def compare_load(
+    targets: Sequence[Target],
+    messages: list[dict[str, Any]] | None = None,
+    concurrency: Sequence[int] = COMPARE_CONCURRENCY,
+    max_tokens: int = 64,
+    minimum_requests: int = 8,
+    verbose: bool = True,
+) -> dict[str, Any]:
+    """The same greedy load on every target, level by level (interleaved, so all see the same machine).
+
+    Returns ``{"targets": [names], "levels": [{"concurrency", "requests", <name>: summary, ...}]}``.
+    """
+    messages = messages or text_messages()
+    for target in targets:  # warm-up: first requests pay for lazy initialisation
+        target.resolve_model()
+        concurrency_run(
+            target.base_url, messages, 1, 2, max_tokens, headers=target.headers(), model=target.model
+        )
+    levels = []
+    for level in concurrency:
+        total = compare_requests(level, minimum_requests)
+        row: dict[str, Any] = {"concurrency": level, "requests": total}
+        for target in targets:
+            _log(verbose, f"  {target.name}: 并发 {level}，{total} 个请求 ...")
+            result = concurrency_run(
+                target.base_url,
+                messages,
+                level,
+                total,
+                max_tokens,
+                headers=target.headers(),
+                model=target.model,
+            )
+            row[target.name] = compare_summary(result)
+        levels.append(row)
+    return {"targets": [t.name for t in targets], "max_tokens": max_tokens, "levels": levels}
+
+
+def format_compare_table(results: dict[str, Any]) -> str:
+    """Requests/s, p50/p99 latency per server and concurrency, and the ratio of the second to the first."""
+    first, second = results["targets"][:2]
+    header = [
+        "并发",
+        f"{first} 请求/s",
+        f"{second} 请求/s",
+        "吞吐倍数",
+        f"{first} p50/p99 s",
+        f"{second} p50/p99 s",
+    ]
+    rows = [header]
+    for level in results["levels"]:
+        a, b = level[first], level[second]
+        rows.append(
+            [
+                str(level["concurrency"]),
+                f"{a['requests_per_s']:.2f}",
+                f"{b['requests_per_s']:.2f}",
+                f"{b['requests_per_s'] / a['requests_per_s']:.1f}×",
+                f"{a['latency_p50_s']:.2f} / {a['latency_p99_s']:.2f}",
+                f"{b['latency_p50_s']:.2f} / {b['latency_p99_s']:.2f}",
+            ]
+        )
+    widths = [max(display_width(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(pad_to_width(cell, w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    title = f"同样的负载：{first} vs {second}（{results['max_tokens']} token 贪心请求）"
+    scaling = {
+        name: results["levels"][-1][name]["requests_per_s"] / results["levels"][0][name]["requests_per_s"]
+        for name in (first, second)
+    }
+    last = results["levels"][-1]["concurrency"]
+    footer = f"并发 {last} 相对并发 1 的吞吐：" + "，".join(f"{n} {r:.1f}×" for n, r in scaling.items())
+    if results.get("startup_s"):
+        footer += "\n启动到就绪：" + "，".join(f"{n} {s:.0f} s" for n, s in results["startup_s"].items())
+    return "\n".join([title, "-" * display_width(lines[0]), *lines, footer])
+
+
+def plot_compare(results: dict[str, Any], path: Path | str) -> Path:
+    """Save a two-panel PNG: requests/s and p50/p99 latency by concurrency, one line per server."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(11, 4), dpi=100)
+    FigureCanvasAgg(figure)
+    left, right = figure.subplots(1, 2)
+    levels = results["levels"]
+    x = [level["concurrency"] for level in levels]
+    for name in results["targets"]:
+        left.plot(x, [level[name]["requests_per_s"] for level in levels], "o-", label=name)
+        (line,) = right.plot(x, [level[name]["latency_p50_s"] for level in levels], "o-", label=f"{name} p50")
+        right.plot(
+            x,
+            [level[name]["latency_p99_s"] for level in levels],
+            "x--",
+            color=line.get_color(),
+            label=f"{name} p99",
+        )
+    for axis in (left, right):
+        axis.set_xticks(x)
+        axis.set_xlabel("concurrent clients")
+        axis.set_ylim(bottom=0)
+        axis.legend()
+    left.set_ylabel("requests/s")
+    left.set_title("throughput")
+    right.set_ylabel("latency per request (s)")
+    right.set_title("latency (queueing included)")
+    figure.suptitle(
+        f"same load, {results['max_tokens']}-token greedy requests: {' vs '.join(results['targets'])}"
+    )
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path)
+    return path
+
+
+def run_compare(
+    model: str | None = None,
+    compare: str | None = "vllm",
+    compare_base_url: str | None = None,
+    base_url: str | None = None,
+    concurrency: Sequence[int] = COMPARE_CONCURRENCY,
+    max_tokens: int = 64,
+    out_dir: Path | str = DEFAULT_OUT,
+    verbose: bool = True,
+) -> dict[str, Any]:
+    """Start (or reach) our server and a second one, drive both with the same load, write compare.json/.png.
+
+    ``compare="vllm"`` starts vLLM with the same settings (helpers.vllm_server);
+    ``compare_base_url`` uses a running server instead. ``base_url`` uses a
+    running server of ours instead of starting one. The API key of reached
+    servers is ``$QWEN3VL_API_KEY``.
+    """
+    from helpers import launcher
+    from helpers.client import api_key
+    from helpers.config import Settings
+
+    began = time.perf_counter()
+    model = model or os.environ.get("QWEN3VL_MODEL") or "demo"
+    started: list[Callable[[], None]] = []
+    startup: dict[str, float] = {}  # seconds from start to a 200 from /health, per server started here
+    try:
+        if compare_base_url is None and compare == "vllm":
+            from helpers.vllm_server import start_vllm, stop_vllm
+
+            settings = Settings.from_env(model=model, allowed_local_media_path=[IMAGES_DIR])
+            _log(verbose, "启动 vLLM（CPU 上约 2 分钟）...")
+            starting = time.perf_counter()
+            vllm = start_vllm(settings.replace(api_key=None), port=launcher.free_port(), verbose=verbose)
+            startup["vLLM"] = time.perf_counter() - starting
+            started.append(lambda: stop_vllm(vllm))
+            second = Target("vLLM", vllm.base_url)
+        elif compare_base_url is not None:
+            second = Target("other", compare_base_url, api_key())
+        else:
+            raise ValueError(f"compare must be 'vllm' or a base URL is needed, got {compare!r}")
+        if base_url is None:
+            _log(verbose, "启动我们的服务 ...")
+            starting = time.perf_counter()
+            ours_server = launcher.start_server(
+                model=model,
+                port=launcher.free_port(),
+                extra_args=["--max-queue", str(2 * max(concurrency)), "--log-level", "warning"],
+                env={"QWEN3VL_API_KEY": ""},
+                timeout=600,
+            )
+            startup["ours"] = time.perf_counter() - starting
+            started.append(lambda: launcher.stop_server(ours_server))
+            ours = Target("ours", ours_server.base_url)
+        else:
+            ours = Target("ours", base_url, api_key())
+        _log(verbose, f"同样的负载，并发 {', '.join(map(str, concurrency))} ...")
+        results = compare_load(
+            [ours, second], concurrency=concurrency, max_tokens=max_tokens, verbose=verbose
+        )
+    finally:
+        for stop in reversed(started):
+            stop()
+    results.update(
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        model=model,
+        cpu_count=os.cpu_count() or 1,
+        startup_s=startup,
+        wall_s=time.perf_counter() - began,
+    )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compare.json").write_text(
+        json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
+    plot_compare(results, out / "compare.png")
+    return results
+
+
 # ---------------------------------------------------------------------- CLI
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m helpers.bench", description=__doc__.splitlines()[0])
@@ -954,7 +1198,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="max_tokens of the generation that runs while /health is measured",
     )
     parser.add_argument(
-        "--base-url", default=None, help="measure this running server instead of starting one"
+        "--base-url",
+        default=None,
+        help="measure this running server of ours instead of starting one (default: $QWEN3VL_BASE_URL)",
+    )
+    parser.add_argument(
+        "--compare",
+        choices=("vllm",),
+        default=None,
+        help="instead of the full bench: the same load on our server and on vLLM (same settings)",
+    )
+    parser.add_argument(
+        "--compare-base-url",
+        default=None,
+        help="instead of the full bench: the same load on our server and the server at this URL",
     )
     parser.add_argument(
         "--media-pixels",
@@ -968,6 +1225,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Everything is local: the model is on disk (or built locally for demo); never reach a model hub.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from helpers.client import base_url_from_env, normalize_base_url
+
+    args.base_url = normalize_base_url(args.base_url) if args.base_url else base_url_from_env()
+    if args.compare or args.compare_base_url:
+        concurrency = args.concurrency if args.concurrency != list(CONCURRENCY) else list(COMPARE_CONCURRENCY)
+        compared = run_compare(
+            model=args.model,
+            compare=args.compare,
+            compare_base_url=normalize_base_url(args.compare_base_url) if args.compare_base_url else None,
+            base_url=args.base_url,
+            concurrency=concurrency,
+            max_tokens=args.max_tokens,
+            out_dir=args.out,
+        )
+        print()
+        print(format_compare_table(compared))
+        print(f"\n结果已写入 {Path(args.out) / 'compare.json'} 和 {Path(args.out) / 'compare.png'}")
+        return 0
+    if args.base_url:
+        from helpers.launcher import health
+
+        # The full bench reads our server's queue from /health; other servers (vLLM) have none.
+        status, body = health(args.base_url, timeout=10)
+        if status == 0:
+            parser.error(f"nothing answers at {args.base_url}/health")
+        if "queue" not in body:
+            parser.error(
+                f"{args.base_url} (HTTP {status} from /health) is not helpers.server; "
+                f"for another server use --compare-base-url {args.base_url}"
+            )
     results = run_bench(
         model=args.model,
         repeats=args.repeats,
@@ -976,7 +1263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         concurrency=args.concurrency,
         health_requests=args.health_requests,
         long_tokens=args.long_tokens,
-        base_url=args.base_url.rstrip("/") if args.base_url else None,
+        base_url=args.base_url,
         media_pixels=args.media_pixels,
     )
     print()

@@ -1,6 +1,7 @@
 """A chat with the API server for notebooks: the logic (testable without a browser) and its ipywidgets face.
 
     session = ChatSession(server.base_url)               # talks to /v1 with the openai SDK
+    session = ChatSession()                              # ... to $QWEN3VL_BASE_URL (helpers/client.py)
     session.send("这张图里有什么？", image=CAT_PHOTO_PATH, on_piece=print)
     display(build_chat_widget(session))                  # upload / pick a picture, ask, watch it stream
     scripted_chat(session, [("你好", None), ("这是什么动物？", CAT_PHOTO_PATH)])  # the same, unattended
@@ -110,19 +111,22 @@ class ChatSession:
 
     def __init__(
         self,
-        base_url: str,
-        api_key: str = "EMPTY",
+        base_url: str | None = None,
+        api_key: str | None = None,
         model: str | None = None,
         max_tokens: int = 256,
         temperature: float | None = None,
         system: str | None = None,
         demo: bool | None = None,
     ) -> None:
-        from openai import OpenAI
+        from helpers.client import base_url as chosen_base_url
+        from helpers.client import openai_client, served_model
 
-        self.base_url = base_url.rstrip("/")
-        self.client = OpenAI(base_url=f"{self.base_url}/v1", api_key=api_key, max_retries=0)
-        self.model = model or self.client.models.list().data[0].id  # the server names its model
+        # None: $QWEN3VL_BASE_URL / $QWEN3VL_API_KEY (helpers/client.py), so the same code talks
+        # to our server, to vLLM or to the instructor's machine.
+        self.base_url = chosen_base_url(base_url)
+        self.client = openai_client(self.base_url, api_key)
+        self.model = model or served_model(self.client)  # the server names its model
         self.max_tokens = max_tokens
         self.temperature = temperature
         self.system = system

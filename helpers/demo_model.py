@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 
 # Bump when the recipe below changes, so cached copies are rebuilt.
-RECIPE_VERSION = 1
+# 2: text head_dim 32 (was 16), so that vLLM's CPU attention can serve the demo.
+RECIPE_VERSION = 2
 SEED = 1234
 # Random weights at the default std (0.02) make greedy decoding repeat "\n"
 # forever; a wider spread gives varied tokens, which tests of stop strings,
@@ -121,7 +122,9 @@ def demo_config():
     """The tiny Qwen3-VL configuration (same classes and token ids as the 4B model)."""
     from transformers import Qwen3VLConfig
 
-    head_dim = 16
+    # vLLM's CPU attention only takes head sizes that are multiples of 32 (with 16 its
+    # engine dies on the first request), and the CI serves this checkpoint with vLLM.
+    head_dim = 32
     text_config = {
         "vocab_size": VOCAB_SIZE,
         "hidden_size": 64,
@@ -134,7 +137,7 @@ def demo_config():
         "rope_parameters": {
             "rope_type": "default",
             "rope_theta": 5_000_000.0,
-            "mrope_section": [4, 2, 2],  # sums to head_dim / 2
+            "mrope_section": [8, 4, 4],  # temporal, height, width; sums to head_dim / 2
             "mrope_interleaved": True,
         },
         "tie_word_embeddings": True,

@@ -8,6 +8,11 @@ The server runs in its own process group with a log file and a pid file under
 ``build/server/``. Starting again on the same port first stops a server that
 an earlier kernel left behind (found through its pid file); a port held by
 anything else is refused with a clear message.
+
+:func:`start_process` does the same for any HTTP server command that answers
+``GET /health`` (``helpers.vllm_server`` starts vLLM with it); the pid file
+remembers a marker from the command line, so only that program is ever
+stopped as a leftover.
 """
 
 from __future__ import annotations
@@ -108,12 +113,16 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _is_our_server(pid: int) -> bool:
+SERVER_MARKER = "helpers.server"
+
+
+def _is_our_server(pid: int, marker: str = SERVER_MARKER) -> bool:
+    """True when ``pid`` runs a command line that contains ``marker`` (not a recycled pid)."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
     except OSError:
         return _alive(pid)  # no /proc (macOS): trust the pid file
-    return b"helpers.server" in cmdline
+    return marker.encode() in cmdline
 
 
 def choose_port(preferred: int = 6006, host: str = "127.0.0.1", run_dir: Path = RUN_DIR) -> int:
@@ -128,12 +137,14 @@ def stop_leftover(port: int, run_dir: Path = RUN_DIR) -> bool:
     if not pid_path.exists():
         return False
     try:
-        pid = int(pid_path.read_text().split()[0])
+        fields = pid_path.read_text().split()
+        pid = int(fields[0])
     except (ValueError, IndexError):
         pid_path.unlink(missing_ok=True)
         return False
+    marker = fields[1] if len(fields) > 1 else SERVER_MARKER  # pid files without a marker: ours
     stopped = False
-    if _alive(pid) and _is_our_server(pid):
+    if _alive(pid) and _is_our_server(pid, marker):
         _terminate_group(pid)
         stopped = True
     pid_path.unlink(missing_ok=True)
@@ -159,9 +170,7 @@ def start_server(
     ``gpu_probe`` reads (free, total) GPU bytes; the default asks ``nvidia-smi``,
     so the calling kernel creates no CUDA context of its own.
     """
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if stop_leftover(port, run_dir):
-        print(f"stopped a server left on port {port} by an earlier run")
+    stop_leftover(port, run_dir)  # a server an earlier kernel left must not count as "someone else's"
     if (
         gpu_probe is not None
         and "cpu" not in (env or {}).get("QWEN3VL_DEVICE", "")
@@ -169,21 +178,46 @@ def start_server(
     ):
         overrides = {"model": model} if model else {}
         check_gpu_memory(Settings.from_env({**os.environ, **(env or {})}, **overrides), gpu_probe)
+    command = [sys.executable, "-m", "helpers.server", "--host", host, "--port", str(port), *extra_args]
+    if model:
+        command += ["--model", model]
+    return start_process(command, port, host, env=env, timeout=timeout, run_dir=run_dir)
+
+
+def start_process(
+    command: Sequence[str],
+    port: int,
+    host: str = "127.0.0.1",
+    marker: str = SERVER_MARKER,
+    env: dict[str, str] | None = None,
+    timeout: float = 300.0,
+    run_dir: Path = RUN_DIR,
+    log_name: str = "server",
+) -> ServerProcess:
+    """Start ``command`` (an HTTP server listening on ``host:port``) in the background; wait for ``/health``.
+
+    ``marker`` is a piece of ``command`` that identifies the program (e.g.
+    ``vllm.entrypoints.openai.api_server``): it is written to the pid file so a
+    later start on the same port stops a leftover only if it is still that program.
+    ``env`` is added to this process's environment. The log is ``<run_dir>/<log_name>-<port>.log``.
+    """
+    if marker not in " ".join(command) or any(c.isspace() for c in marker):
+        raise ValueError(f"marker {marker!r} must be one word of the command line")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if stop_leftover(port, run_dir):
+        print(f"stopped a server left on port {port} by an earlier run")
     _wait_port_free(host, port, 10.0)
     if not port_is_free(host, port):
         raise RuntimeError(
             f"port {port} is already used by another program; stop it (e.g. `fuser -k {port}/tcp`) "
             f"or choose another port"
         )
-    log_path = run_dir / f"server-{port}.log"
-    command = [sys.executable, "-m", "helpers.server", "--host", host, "--port", str(port), *extra_args]
-    if model:
-        command += ["--model", model]
+    log_path = run_dir / f"{log_name}-{port}.log"
     child_env = {**os.environ, **(env or {})}
     child_env.setdefault("PYTHONUNBUFFERED", "1")
     with open(log_path, "w", encoding="utf-8") as log:
         process = subprocess.Popen(
-            command,
+            list(command),
             cwd=REPO_ROOT,
             env=child_env,
             stdout=log,
@@ -192,7 +226,8 @@ def start_server(
             start_new_session=True,  # its own process group: stopping it stops its children too
         )
     pid_path = _pid_path(port, run_dir)
-    pid_path.write_text(f"{process.pid}\n")
+    # "<pid>" for our own server (the format earlier kernels wrote), "<pid> <marker>" for others.
+    pid_path.write_text(f"{process.pid}\n" if marker == SERVER_MARKER else f"{process.pid} {marker}\n")
     server = ServerProcess(process.pid, host, port, log_path, pid_path, process)
     try:
         wait_for_server(server, timeout)

@@ -59,7 +59,7 @@ def test_default_budgets_keep_the_largest_request_inside_24_gb():
 
 def test_shape_is_read_from_a_checkpoint(demo_checkpoint):
     shape = costs.ModelShape.from_pretrained(demo_checkpoint)
-    assert (shape.num_layers, shape.num_kv_heads, shape.head_dim) == (2, 2, 16)
+    assert (shape.num_layers, shape.num_kv_heads, shape.head_dim) == (2, 2, 32)
     assert 9_000_000 < shape.num_parameters < 11_000_000
 
 
