@@ -274,8 +274,9 @@ def health_while_generating(
     messages: list[dict[str, Any]] | None = None,
     max_tokens: int = LONG_GENERATION_TOKENS,
     timeout: float = 120.0,
+    headers: dict[str, str] | None = None,
 ) -> tuple[list[float], bool]:
-    """``/health`` latencies while a long streamed generation runs.
+    """``/health`` latencies while a long streamed generation runs (``headers``: e.g. the API key).
 
     A reader thread starts the stream and keeps reading it; once its first
     content chunk has arrived, this thread sends ``n`` sequential ``/health``
@@ -294,7 +295,11 @@ def health_while_generating(
                 requests.Session() as stream_session,
                 _check(
                     stream_session.post(
-                        f"{base_url}/v1/chat/completions", json=body, stream=True, timeout=timeout
+                        f"{base_url}/v1/chat/completions",
+                        json=body,
+                        stream=True,
+                        timeout=timeout,
+                        headers=headers,
                     )
                 ) as response,
             ):

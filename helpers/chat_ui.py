@@ -54,8 +54,14 @@ def image_mime_type(data: bytes, filename: str = "") -> str:
 
 
 def data_uri(data: bytes, filename: str = "") -> str:
-    """``data:<mime>;base64,...``: a picture inline in a request, so the server needs no file access."""
-    return f"data:{image_mime_type(data, filename)};base64,{base64.b64encode(data).decode('ascii')}"
+    """``data:<mime>;base64,...``: a picture (or a video, by its file name) inline in a request.
+
+    The server then needs no access to the file, so this works against any
+    server, a remote one included.
+    """
+    guessed, _ = mimetypes.guess_type(filename)
+    mime = guessed if guessed and guessed.startswith("video/") else image_mime_type(data, filename)
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
 def read_image_input(image: ImageInput) -> tuple[bytes, str]:

@@ -181,3 +181,10 @@ def test_the_widget_sends_the_typed_question_with_the_picked_asset_and_clears(se
 
     clear.click()
     assert session.history == [] and "已清空" in status.value
+
+
+def test_a_video_file_becomes_a_video_data_uri():
+    from helpers.assets import MOVING_CLIP_PATH
+
+    uri = data_uri(MOVING_CLIP_PATH.read_bytes(), MOVING_CLIP_PATH.name)
+    assert uri.startswith("data:video/mp4;base64,")

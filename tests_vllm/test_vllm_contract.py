@@ -150,3 +150,21 @@ def test_the_original_tutorials_client_checks_pass_against_vllm(vllm_url, capsys
     results = run_all(vllm_url, video=IMAGES_DIR / MOVING_CLIP_PATH.name, max_tokens=8)
     assert results == dict.fromkeys(["健康检查", "文本对话", "图像对话", "视频对话"], True)
     assert "✅ 图像对话测试成功" in capsys.readouterr().out
+
+
+def test_the_client_notebook_runs_unchanged_against_vllm(vllm_url, monkeypatch):
+    """Notebook 06, executed top to bottom with QWEN3VL_BASE_URL pointing at vLLM: every cell passes."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    from helpers.launcher import REPO_ROOT
+
+    path = REPO_ROOT / "notebooks" / "06_api_clients.ipynb"
+    notebook = nbformat.read(path, as_version=4)
+    notebook.cells = [c for c in notebook.cells if "nbval-skip" not in c.metadata.get("tags", [])]
+    monkeypatch.setenv("QWEN3VL_BASE_URL", vllm_url)  # the kernel inherits this process's environment
+    NotebookClient(notebook, timeout=900, resources={"metadata": {"path": str(path.parent)}}).execute()
+    outputs = "".join(
+        o.get("text", "") for c in notebook.cells if c.cell_type == "code" for o in c.get("outputs", [])
+    )
+    assert vllm_url in outputs  # it used vLLM, not a server of its own
