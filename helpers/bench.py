@@ -216,15 +216,17 @@ def sse_first_token(
     messages: list[dict[str, Any]],
     max_tokens: int = 64,
     timeout: float = 300.0,
+    **extra: Any,
 ) -> float:
     """Seconds from sending a streamed request to its first SSE chunk with content; then hang up.
 
     Hanging up stops the generation on the server (it cancels on disconnect);
-    call :func:`wait_idle` before the next measurement.
+    call :func:`wait_idle` before the next measurement. ``extra`` goes into the
+    request body (e.g. ``model=`` for servers that check it, such as vLLM).
     """
     url = f"{base_url}/v1/chat/completions"
     start = time.perf_counter()
-    body = chat_body(messages, max_tokens, stream=True)
+    body = chat_body(messages, max_tokens, stream=True, **extra)
     with _check(session.post(url, json=body, stream=True, timeout=timeout)) as response:
         # chunk_size=None: hand over each HTTP chunk as it arrives (a size would wait to fill it)
         for line in response.iter_lines(chunk_size=None):
@@ -247,11 +249,23 @@ def engine_first_token(engine: Engine, messages: list[dict[str, Any]], max_token
         stream.wait()  # the model is free again before the next measurement
 
 
+def queue_stats(response: requests.Response) -> dict[str, Any]:
+    """The ``queue`` of our server's ``/health``; ``{}`` from servers without one (vLLM's is empty)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body.get("queue", {}) if isinstance(body, dict) else {}
+
+
 def wait_idle(session: requests.Session, base_url: str, timeout: float = 120.0) -> None:
-    """Poll ``/health`` until nothing runs or waits (e.g. after hanging up on a stream)."""
+    """Poll ``/health`` until nothing runs or waits (e.g. after hanging up on a stream).
+
+    Servers that report no queue (vLLM) count as idle at once.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        queue = session.get(f"{base_url}/health", timeout=10).json().get("queue", {})
+        queue = queue_stats(session.get(f"{base_url}/health", timeout=10))
         if not queue.get("running") and not queue.get("waiting"):
             return
         time.sleep(0.02)
@@ -275,8 +289,12 @@ def health_while_generating(
     max_tokens: int = LONG_GENERATION_TOKENS,
     timeout: float = 120.0,
     headers: dict[str, str] | None = None,
+    **extra: Any,
 ) -> tuple[list[float], bool]:
-    """``/health`` latencies while a long streamed generation runs (``headers``: e.g. the API key).
+    """``/health`` latencies while a long streamed generation runs.
+
+    ``headers`` (e.g. the API key) go with the chat request and ``extra`` into its
+    body (e.g. ``model=`` for vLLM).
 
     A reader thread starts the stream and keeps reading it; once its first
     content chunk has arrived, this thread sends ``n`` sequential ``/health``
@@ -290,7 +308,7 @@ def health_while_generating(
 
     def reader() -> None:
         try:
-            body = chat_body(messages, max_tokens, stream=True)
+            body = chat_body(messages, max_tokens, stream=True, **extra)
             with (
                 requests.Session() as stream_session,
                 _check(
@@ -320,8 +338,9 @@ def health_while_generating(
         if failure:
             raise RuntimeError(f"the long generation failed: {failure[0]}")
         samples = health_latencies(session, base_url, n)
-        body = _check(session.get(f"{base_url}/health", timeout=30)).json()
-        still_running = body.get("queue", {}).get("running", 0) >= 1
+        still_running = (
+            queue_stats(_check(session.get(f"{base_url}/health", timeout=30))).get("running", 0) >= 1
+        )
         stop.set()
         thread.join(timeout)
         wait_idle(session, base_url, timeout)
