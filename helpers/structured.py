@@ -33,7 +33,7 @@ SCHEMA_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # OpenAI's rule for json_sch
 UNENFORCED_KEYWORDS = ("not", "if", "then", "else", "uniqueItems")
 # Whitespace between JSON tokens is free (models like to pretty-print), but a run
 # of it is capped so that a model cannot fill max_tokens with blanks.
-MAX_WHITESPACE_RUN = 16
+MAX_WHITESPACE_RUN = 20
 CACHE_SIZE = 64  # compiled grammars kept per model
 
 
@@ -178,16 +178,17 @@ class Grammars:
 
     def compile(self, response_format: ResponseFormat) -> Any:
         """The compiled grammar for a JSON ``response_format`` (cached). Raises a 400 if it cannot compile."""
-        if response_format.type == "json_object":
-            return self._cached(response_format.key(), self.compiler.compile_builtin_json_grammar)
-        if response_format.type != "json_schema":
+        if response_format.type not in ("json_object", "json_schema"):
             raise ValueError(f"{response_format.type!r} needs no grammar")
-        schema = json.dumps(response_format.schema, ensure_ascii=False)
+        # json_object: any object (not an array), with any keys; json_schema: exactly the
+        # schema, where an object without "additionalProperties" gets no extra keys.
+        schema = json.dumps(response_format.schema or {"type": "object"}, ensure_ascii=False)
+        strict = response_format.type == "json_schema"
         try:
             return self._cached(
                 response_format.key(),
                 lambda: self.compiler.compile_json_schema(
-                    schema, any_whitespace=True, max_whitespace_cnt=MAX_WHITESPACE_RUN
+                    schema, any_whitespace=True, max_whitespace_cnt=MAX_WHITESPACE_RUN, strict_mode=strict
                 ),
             )
         except RequestError:
