@@ -238,6 +238,20 @@ def check_tool_calls(tool_calls: Any, where: str) -> list[dict[str, Any]]:
     return calls
 
 
+def refuse_markup(*values: Any, specials: list[str] | None = None) -> None:
+    """Refuse chat control tokens (``<|im_end|>`` ...) inside tool definitions or earlier calls (400).
+
+    Message text is protected from such markup (helpers.markup); the tools' JSON
+    goes through the template's ``tojson`` and cannot be, so it is refused instead.
+    """
+    text = json.dumps(values, ensure_ascii=False)
+    for token in specials or ():
+        if token in text:
+            raise RequestError(
+                f"tools and tool_calls must not contain the chat control token {token!r}", param="tools"
+            )
+
+
 # ------------------------------------------------------------------- answers
 @dataclass(frozen=True)
 class ToolCall:
