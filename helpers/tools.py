@@ -266,6 +266,18 @@ class ToolCall:
             "function": {"name": self.name, "arguments": self.arguments},
         }
 
+    def deltas(self, index: int) -> list[dict[str, Any]]:
+        """The call as OpenAI streams it: id, type and name first, then the arguments."""
+        return [
+            {
+                "index": index,
+                "id": self.id,
+                "type": "function",
+                "function": {"name": self.name, "arguments": ""},
+            },
+            {"index": index, "function": {"arguments": self.arguments}},
+        ]
+
 
 def new_call_id() -> str:
     return f"call_{uuid.uuid4().hex[:24]}"
