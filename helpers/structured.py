@@ -222,7 +222,7 @@ class Grammars:
 
     def logits_processor(self, compiled: Any) -> GrammarLogitsProcessor:
         """A fresh processor for one ``generate`` call (it keeps the grammar state of that answer)."""
-        return GrammarLogitsProcessor(compiled, self.vocab_size)
+        return GrammarLogitsProcessor(compiled, self.vocab_size, self.stop_token_ids)
 
 
 class GrammarLogitsProcessor:
@@ -234,10 +234,11 @@ class GrammarLogitsProcessor:
     only ever chooses among allowed tokens. Use one instance per ``generate``.
     """
 
-    def __init__(self, compiled: Any, vocab_size: int) -> None:
+    def __init__(self, compiled: Any, vocab_size: int, stop_token_ids: list[int] | None = None) -> None:
         import xgrammar
 
         self._xgr = xgrammar
+        self.stop_token_ids = list(stop_token_ids or ())
         self.matcher = xgrammar.GrammarMatcher(compiled)
         self.bitmask = xgrammar.allocate_token_bitmask(1, vocab_size)
         self._seen: int | None = None  # length of input_ids at the previous call
@@ -257,8 +258,10 @@ class GrammarLogitsProcessor:
                 if not self.matcher.is_terminated() and not self.matcher.accept_token(token):
                     raise RuntimeError(f"token {token} was generated although the grammar forbids it")
         self._seen = input_ids.shape[1]
-        if self.matcher.is_terminated():  # generate() normally stops before this
+        if self.matcher.is_terminated():  # generate() stops at the end token; if not, only it again
+            allowed = scores[:, self.stop_token_ids].clone()
             scores[:] = -torch.inf
+            scores[:, self.stop_token_ids] = allowed
             return scores
         self.matcher.fill_next_token_bitmask(self.bitmask)
         if scores.device.type == "cpu":

@@ -274,3 +274,17 @@ def test_an_answer_cut_by_max_tokens_is_unfinished_json(demo_model_and_processor
     assert len(ids) == 6 and ids[-1] not in EOS and not processor.complete
     with pytest.raises(ValueError):
         json.loads(answer(demo_model_and_processor, ids))
+
+
+def test_once_the_json_is_complete_only_the_end_tokens_remain(grammars, demo_model_and_processor):
+    tokenizer = demo_model_and_processor[1].tokenizer
+    processor = grammars.logits_processor(grammars.compile(ResponseFormat("json_object")))
+    prompt = [1, 2, 3]
+    ids = list(prompt)
+    for token in [*tokenizer.encode('{"a": 1}'), EOS[0]]:
+        scores = processor(torch.tensor([ids]), torch.zeros(1, grammars.vocab_size))
+        assert torch.isfinite(scores[0, token])  # the text we feed is allowed at every step
+        ids.append(token)
+    scores = processor(torch.tensor([ids]), torch.zeros(1, grammars.vocab_size))
+    assert processor.complete
+    assert torch.isfinite(scores[0]).nonzero().flatten().tolist() == sorted(EOS)
