@@ -76,6 +76,12 @@ Keys of ``bench.json`` (times in seconds unless the name says ``_ms``;
   GPU's memory bandwidth from a small table; ``null`` when unknown), ``bandwidth_fraction`` (float,
   ``decode_weight_bytes x decode_tokens_per_s / bandwidth``: how close decoding is to the limit of
   reading the language model's weights once per token; the vision tower is not read per token)
+- ``structured_output``: the cost of grammar-constrained decoding (``response_format``), in process,
+  greedy, plain and JSON-schema requests interleaved: ``plain_tokens_per_s``,
+  ``schema_tokens_per_s`` (float, medians of completion tokens / request time), ``slowdown``
+  (float, ``plain / schema - 1``), ``schema_tokens`` (int, tokens of the last constrained answer),
+  ``compile_ms`` (float, the first compilation of the schema), ``cached_compile_ms`` (float, the same
+  schema again: a cache hit)
 - ``goals``: ``overhead_ratio_max`` (float, 0.05), ``overhead_ok`` (bool),
   ``health_busy_p99_max_ms`` (float, 50), ``health_ok`` (bool)
 """
@@ -641,6 +647,67 @@ def gpu_decode(
 
 
 # ------------------------------------------------------------------ the run
+# A JSON schema whose answers run long (a list of boxes, as in grounding): enough tokens
+# to measure decoding speed even with the demo model's random weights.
+BENCH_SCHEMA = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "properties": {
+            "label": {"type": "string", "maxLength": 16},
+            "bbox_2d": {
+                "type": "array",
+                "items": {"type": "integer", "minimum": 0, "maximum": 1000},
+                "minItems": 4,
+                "maxItems": 4,
+            },
+        },
+        "required": ["label", "bbox_2d"],
+    },
+    "minItems": 1,
+    "maxItems": 8,
+}
+
+
+def structured_output_speed(
+    engine: Engine, messages: list[dict[str, Any]], repeats: int, max_tokens: int
+) -> dict[str, Any]:
+    """Greedy tokens/s without and with a JSON schema (interleaved pairs), and the schema's compile time."""
+    from helpers.structured import parse_response_format
+
+    fmt = {"type": "json_schema", "json_schema": {"name": "boxes", "schema": BENCH_SCHEMA}}
+    # A schema this run has never compiled (the cache key is the schema), for an honest first compile.
+    fresh = {**BENCH_SCHEMA, "description": f"bench {time.time_ns()}"}
+    grammars = engine.grammars  # built outside the timing: the tokenizer's tables, once per model
+    start = time.perf_counter()
+    grammars.compile(
+        parse_response_format({"type": "json_schema", "json_schema": {"name": "f", "schema": fresh}})
+    )
+    compile_s = time.perf_counter() - start
+    start = time.perf_counter()
+    grammars.compile(
+        parse_response_format({"type": "json_schema", "json_schema": {"name": "f", "schema": fresh}})
+    )
+    cached_s = time.perf_counter() - start
+    plain: list[float] = []
+    constrained: list[float] = []
+    tokens = 0
+    for _ in range(repeats):
+        for speeds, extra in ((plain, {}), (constrained, {"response_format": fmt})):
+            result = engine.chat(messages, max_new_tokens=max_tokens, temperature=0, **extra)
+            speeds.append(result.usage.completion_tokens / result.seconds)
+            tokens = result.usage.completion_tokens if extra else tokens
+    plain_speed, schema_speed = median(plain), median(constrained)
+    return {
+        "plain_tokens_per_s": plain_speed,
+        "schema_tokens_per_s": schema_speed,
+        "slowdown": plain_speed / schema_speed - 1,
+        "schema_tokens": tokens,
+        "compile_ms": compile_s * 1000,
+        "cached_compile_ms": cached_s * 1000,
+    }
+
+
 def _log(verbose: bool, message: str) -> None:
     if verbose:
         print(message, flush=True)
@@ -766,6 +833,9 @@ def run_bench(
 
         _log(verbose, "6/6 GPU：显存峰值与解码速度 ...")
         gpu = gpu_decode(engine, text)
+
+        _log(verbose, "另：结构化输出（JSON schema 约束解码）的开销 ...")
+        structured = structured_output_speed(engine, text, repeats, max_tokens)
     finally:
         if server is not None:
             launcher.stop_server(server)
@@ -815,6 +885,7 @@ def run_bench(
         "video_decode": video,
         "media_memory": memory,
         "gpu": gpu,
+        "structured_output": structured,
     }
     results["goals"] = {
         "overhead_ratio_max": OVERHEAD_RATIO_GOAL,
@@ -877,6 +948,18 @@ def format_table(results: dict[str, Any]) -> str:
         ("解码速度（贪心）", _fmt(gpu["decode_tokens_per_s"], "{:.1f} token/s")),
         ("占带宽上限的比例", _fmt(gpu["bandwidth_fraction"], "{:.0%}")),
     ]
+    if structured := results.get("structured_output"):
+        rows += [
+            (
+                "贪心解码：无约束 / JSON schema",
+                f"{structured['plain_tokens_per_s']:.1f} / {structured['schema_tokens_per_s']:.1f} token/s"
+                f"（约束解码慢 {structured['slowdown']:.1%}）",
+            ),
+            (
+                "schema 编译：首次 / 命中缓存",
+                f"{structured['compile_ms']:.1f} / {structured['cached_compile_ms']:.2f} ms",
+            ),
+        ]
     width = max(display_width(label) for label, _ in rows)
     title = (
         f"基准测试 · 模型 {results['model']}{'（演示模型）' if results['demo'] else ''} · "

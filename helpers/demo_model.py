@@ -21,7 +21,9 @@ from pathlib import Path
 
 # Bump when the recipe below changes, so cached copies are rebuilt.
 # 2: text head_dim 32 (was 16), so that vLLM's CPU attention can serve the demo.
-RECIPE_VERSION = 2
+# 3: (a branch's template-only build, never on main.) 4: head_dim 32 + the chat template
+# that renders tools, tool calls and tool results as the real Qwen3-VL template does.
+RECIPE_VERSION = 4
 SEED = 1234
 # Random weights at the default std (0.02) make greedy decoding repeat "\n"
 # forever; a wider spread gives varied tokens, which tests of stop strings,
@@ -50,11 +52,25 @@ GENERATION_DEFAULTS = {
     "pad_token_id": 151643,
 }
 
-# Our rendering of the Qwen3-VL chat format. A user part is an image when it has
-# type "image" or an "image"/"image_url" key, a video when it has type "video" or
-# a "video" key, and text from its "text" key.
+# Our rendering of the Qwen3-VL-4B-Instruct chat format, written to produce exactly
+# what the real model's template produces (tests/test_tools.py renders the same
+# messages with both):
+# - ChatML turns ``<|im_start|>role\n ... <|im_end|>\n``; only a system message
+#   that comes first is shown (at the top); later system messages are dropped;
+# - a user or tool part is an image when it has type "image" or an
+#   "image"/"image_url" key, a video when it has type "video" or a "video" key,
+#   and text from its "text" key; ``add_vision_id`` prefixes "Picture N: ";
+# - ``tools`` go into the system turn as one JSON line each inside <tools>;
+#   an assistant's ``tool_calls`` become <tool_call> blocks, and a run of
+#   ``tool`` messages becomes one user turn of <tool_response> blocks.
 CHAT_TEMPLATE = r"""
 {%- set counters = namespace(image=0, video=0) -%}
+{%- set call_tags = '<tool_call></tool_call> XML tags:' -%}
+{%- macro text_of(content) -%}
+  {%- if content is string -%}{{ content }}{%- else -%}
+    {%- for part in content if 'text' in part -%}{{ part.text }}{%- endfor -%}
+  {%- endif -%}
+{%- endmacro -%}
 {%- macro render(content) -%}
   {%- if content is string -%}
     {{- content -}}
@@ -74,10 +90,56 @@ CHAT_TEMPLATE = r"""
     {%- endfor -%}
   {%- endif -%}
 {%- endmacro -%}
+{%- set leading_system = messages and messages[0].role == 'system' -%}
+{%- if tools -%}
+<|im_start|>system
+{% if leading_system %}{{ text_of(messages[0].content) }}
+
+{% endif -%}
+# Tools
+
+You may call one or more functions to assist with the user query.
+
+You are provided with function signatures within <tools></tools> XML tags:
+<tools>
+{%- for tool in tools -%}
+{{ '\n' }}{{ tool | tojson }}
+{%- endfor -%}
+{{ '\n' }}</tools>
+
+For each function call, return a json object with function name and arguments within {{ call_tags }}
+<tool_call>
+{"name": <function-name>, "arguments": <args-json-object>}
+</tool_call><|im_end|>
+{{ '' }}
+{%- elif leading_system -%}
+<|im_start|>system
+{{ text_of(messages[0].content) }}<|im_end|>
+{{ '' }}
+{%- endif -%}
 {%- for message in messages -%}
-<|im_start|>{{ message.role }}
+  {%- if message.role == 'user' -%}
+<|im_start|>user
 {{ render(message.content) }}<|im_end|>
 {{ '' }}
+  {%- elif message.role == 'assistant' -%}
+<|im_start|>assistant
+{{ text_of(message.content) }}
+    {%- for call in message.tool_calls or [] -%}
+      {%- set call = call.function or call -%}
+      {%- set arguments = call.arguments if call.arguments is string else call.arguments | tojson -%}
+      {%- if not loop.first or message.content %}{{ '\n' }}{% endif -%}
+<tool_call>
+{"name": "{{ call.name }}", "arguments": {{ arguments }}}
+</tool_call>
+    {%- endfor -%}
+<|im_end|>
+{{ '' }}
+  {%- elif message.role == 'tool' -%}
+    {%- if loop.first or loop.previtem.role != 'tool' %}<|im_start|>user{% endif -%}
+{{ '\n<tool_response>\n' }}{{ render(message.content) }}{{ '\n</tool_response>' }}
+    {%- if loop.last or loop.nextitem.role != 'tool' %}<|im_end|>{{ '\n' }}{% endif -%}
+  {%- endif -%}
 {%- endfor -%}
 {%- if add_generation_prompt -%}
 <|im_start|>assistant

@@ -30,6 +30,8 @@ from helpers.config import ConfigError, Settings
 from helpers.errors import RequestError, check_int, check_number, check_text
 from helpers.markup import PLACEHOLDER, restore_markup, shield_markup, special_tokens, text_length
 from helpers.messages import normalize_messages, vision_inputs
+from helpers.structured import Grammars, ResponseFormat, parse_response_format
+from helpers.tools import ToolCall, ToolRequest, parse_tool_calls, parse_tools, refuse_markup
 
 MAX_STOP_SEQUENCES = 4
 # Temperatures below this are greedy decoding, as in vLLM: dividing logits by ~0 overflows.
@@ -56,6 +58,9 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     repetition_penalty: float | None = None
     max_tokens_given: bool = True  # False: the default, which may shrink to fit the context
+    # Structured output (helpers.structured / helpers.tools): JSON answers and tool calls.
+    response_format: ResponseFormat | None = None
+    tools: ToolRequest | None = None
 
     @property
     def greedy(self) -> bool:
@@ -74,6 +79,10 @@ class SamplingParams:
         presence_penalty: float | None = None,
         frequency_penalty: float | None = None,
         repetition_penalty: float | None = None,
+        response_format: Any = None,
+        tools: Any = None,
+        tool_choice: Any = None,
+        parallel_tool_calls: Any = None,
     ) -> SamplingParams:
         """Check every parameter and raise :class:`RequestError` with the rule it broke.
 
@@ -116,6 +125,14 @@ class SamplingParams:
         frequency_penalty = check_number("frequency_penalty", frequency_penalty, -2.0, 2.0)
         if repetition_penalty is not None:
             repetition_penalty = check_number("repetition_penalty", repetition_penalty, 0.01, 10.0)
+        fmt = parse_response_format(response_format)
+        tool_request = parse_tools(tools, tool_choice, parallel_tool_calls)
+        if fmt is not None and fmt.constrained and tool_request and tool_request.choice == "auto":
+            raise RequestError(
+                "response_format (JSON) together with tools and tool_choice 'auto' is not supported: use"
+                " tool_choice 'none' for a JSON answer, or 'required' / a named function for a call",
+                param="response_format",
+            )
         return cls(
             max_new_tokens,
             temperature,
@@ -127,6 +144,8 @@ class SamplingParams:
             frequency_penalty,
             repetition_penalty,
             max_tokens_given,
+            fmt if fmt is not None and fmt.constrained else None,
+            tool_request,
         )
 
     def generate_kwargs(self) -> dict[str, Any]:
@@ -186,11 +205,12 @@ class Usage:
 
 @dataclass
 class ChatResult:
-    text: str
-    finish_reason: str  # "stop" (end of answer or a stop string) or "length" (max_new_tokens)
+    text: str  # with tools: the text outside the tool calls ("" when there is none)
+    finish_reason: str  # "stop" (end or a stop string), "length" (max_new_tokens) or "tool_calls"
     usage: Usage
     seconds: float = 0.0
     first_token_seconds: float | None = None
+    tool_calls: list[ToolCall] = field(default_factory=list)  # OpenAI shape: call.as_openai()
 
 
 @dataclass
@@ -199,6 +219,7 @@ class Prepared:
 
     inputs: Any  # transformers BatchFeature
     prompt: str
+    grammar: Any = None  # the compiled xgrammar grammar for response_format / tools, if any
 
     @property
     def prompt_tokens(self) -> int:
@@ -360,12 +381,17 @@ class ChatStream:
             eos = set(self.engine.eos_token_ids)
             ended = stopped or (bool(ids) and ids[-1] in eos) or len(ids) < self.params.max_new_tokens
             now = time.perf_counter()
+            calls: list[ToolCall] = []
+            if self.params.tools is not None and self.params.tools.choice != "none":
+                content, calls = parse_tool_calls(text)
+                text = content or ""
             self.result = ChatResult(
                 text=text,
-                finish_reason="stop" if ended else "length",
+                finish_reason=("tool_calls" if calls else "stop") if ended else "length",
                 usage=Usage(self.prepared.prompt_tokens, len(ids)),
                 seconds=now - self._started,
                 first_token_seconds=(first_token_at - self._started) if first_token_at else None,
+                tool_calls=calls,
             )
         finally:
             self.cancel()  # no-op when finished; stops generation if the consumer left early
@@ -570,12 +596,19 @@ class Engine:
     def _special_tokens(self) -> list[str]:
         return special_tokens(self.processor.tokenizer)
 
-    def prepare(self, messages: Any) -> Prepared:
+    @functools.cached_property
+    def grammars(self) -> Grammars:
+        """The grammar compiler and cache for this model's vocabulary (built on first use, ~1-4 s)."""
+        return Grammars.for_model(self.model, self.processor.tokenizer)
+
+    def prepare(self, messages: Any, params: SamplingParams | None = None) -> Prepared:
         """Normalise ``messages``, load their media and build model inputs (no generation).
 
         The inputs stay on the CPU until generation starts, so requests waiting in
         the server's queue hold no GPU memory. Text that cannot fit the context is
-        refused before anything is tokenized or loaded.
+        refused before anything is tokenized or loaded. With ``params`` that ask for
+        JSON or tool calls, the tools go into the prompt (through the model's chat
+        template) and the grammar is compiled here (cached per schema).
         """
         self._check_open()
         limit = self.max_model_len
@@ -590,7 +623,14 @@ class Engine:
         qwen_messages, hidden = shield_markup(
             normalize_messages(messages, self.settings), self._special_tokens
         )
-        prompt = self.processor.apply_chat_template(qwen_messages, tokenize=False, add_generation_prompt=True)
+        tool_request = params.tools if params is not None else None
+        template_tools = tool_request.template_tools() if tool_request is not None else None
+        refuse_markup(
+            template_tools, [m.get("tool_calls") for m in qwen_messages], specials=self._special_tokens
+        )
+        prompt = self.processor.apply_chat_template(
+            qwen_messages, tools=template_tools, tokenize=False, add_generation_prompt=True
+        )
         # process_vision_info's results, with videos at the size they were decoded to (no second resize)
         images, videos, video_kwargs = vision_inputs(qwen_messages)
         metadata = None
@@ -609,7 +649,17 @@ class Engine:
         inputs = restore_markup(inputs, hidden, self.processor.tokenizer)
         for text in hidden:  # the readable prompt shows what the user typed
             prompt = prompt.replace(PLACEHOLDER, text, 1)
-        return Prepared(inputs=inputs, prompt=prompt)
+        return Prepared(inputs=inputs, prompt=prompt, grammar=self._grammar(params))
+
+    def _grammar(self, params: SamplingParams | None) -> Any:
+        """The compiled grammar that ``params`` ask for: a tool call's shape wins over response_format."""
+        if params is None:
+            return None
+        if params.tools is not None and (tag := params.tools.structural_tag()) is not None:
+            return self.grammars.compile_structural_tag(tag)
+        if params.response_format is not None:
+            return self.grammars.compile(params.response_format)
+        return None
 
     def check_context(self, prepared: Prepared, params: SamplingParams) -> SamplingParams:
         """Refuse a prompt + ``max_tokens`` beyond the context; shrink a default ``max_tokens`` to fit.
@@ -638,12 +688,16 @@ class Engine:
 
         Parameters (all optional): ``max_new_tokens``, ``temperature`` (0 = greedy),
         ``top_p``, ``top_k``, ``seed``, ``stop``, ``presence_penalty``, ``frequency_penalty``,
-        ``repetition_penalty``. Bad input raises :class:`RequestError` before anything
+        ``repetition_penalty``; structured output: ``response_format`` (OpenAI's
+        ``{"type": "json_schema", "json_schema": {"name", "schema"}}`` or ``{"type": "json_object"}``),
+        ``tools``, ``tool_choice``, ``parallel_tool_calls`` (see :mod:`helpers.tools`). The pieces
+        are the raw answer (tool calls included as ``<tool_call>`` text); ``result`` has them
+        parsed into ``tool_calls``. Bad input raises :class:`RequestError` before anything
         is generated.
         """
         self._check_open()
         checked = SamplingParams.build(self.settings, **params)
-        return self.start(self.prepare(messages), checked)
+        return self.start(self.prepare(messages, checked), checked)
 
     def start(
         self,
@@ -659,8 +713,12 @@ class Engine:
         return ChatStream(self, prepared, params=self.check_context(prepared, params), on_finish=on_finish)
 
     def chat(self, messages: Any, **params: Any) -> ChatResult:
-        """Answer ``messages`` and return text, finish reason and token usage."""
+        """Answer ``messages`` and return text, tool calls, finish reason and token usage."""
         return self.stream_chat(messages, **params).text()
+
+    def _constraint(self, prepared: Prepared) -> list[Any]:
+        """The grammar's logits processor (first, so penalties and sampling only see allowed tokens)."""
+        return [] if prepared.grammar is None else [self.grammars.logits_processor(prepared.grammar)]
 
     def _run_generate(
         self, prepared: Prepared, params: SamplingParams, streamer: _TokenQueue, cancelled: threading.Event
@@ -682,7 +740,7 @@ class Engine:
                         **inputs,
                         **params.generate_kwargs(),
                         logits_processor=LogitsProcessorList(
-                            params.logits_processors(prepared.prompt_tokens)
+                            self._constraint(prepared) + params.logits_processors(prepared.prompt_tokens)
                         ),
                         streamer=streamer,
                         stopping_criteria=StoppingCriteriaList([watch]),

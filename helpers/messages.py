@@ -30,11 +30,12 @@ from PIL import Image
 from helpers.costs import FACTOR, PATCH_SIZE
 from helpers.errors import RequestError, check_int, check_number, check_text
 from helpers.media import MIN_PICTURE_PIXELS, VideoOptions, fit_size, load_image, load_video
+from helpers.tools import check_tool_calls
 
 if TYPE_CHECKING:
     from helpers.config import Settings
 
-ROLES = {"system", "user", "assistant"}
+ROLES = {"system", "user", "assistant", "tool"}  # "tool": a function's result (helpers.tools)
 ROLE_ALIASES = {"developer": "system"}  # newer OpenAI clients send "developer" for system prompts
 
 
@@ -53,24 +54,39 @@ def normalize_messages(messages: Any, settings: Settings) -> list[dict[str, Any]
         role = ROLE_ALIASES.get(message.get("role"), message.get("role"))
         if role not in ROLES:
             raise RequestError(
-                f"{where}.role must be one of system, user, assistant; got {message.get('role')!r}",
+                f"{where}.role must be one of system, user, assistant, tool; got {message.get('role')!r}",
                 param=f"{where}.role",
             )
         content = message.get("content")
         if content is None and role == "assistant":
             content = ""
+        extra = _tool_fields(message, role, where)
         if isinstance(content, str):
-            normalized.append({"role": role, "content": check_text(content, f"{where}.content")})
+            normalized.append({"role": role, "content": check_text(content, f"{where}.content"), **extra})
             continue
         if not isinstance(content, (list, tuple)):
             raise RequestError(
                 f"{where}.content must be a string or a list of parts", param=f"{where}.content"
             )
         parts = [_part(p, f"{where}.content[{j}]", role, settings, counts) for j, p in enumerate(content)]
-        normalized.append({"role": role, "content": parts})
+        normalized.append({"role": role, "content": parts, **extra})
     if not any(m["role"] == "user" for m in normalized):
         raise RequestError("messages need at least one user message", param="messages")
     return normalized
+
+
+def _tool_fields(message: Mapping[str, Any], role: str, where: str) -> dict[str, Any]:
+    """An assistant's earlier ``tool_calls``, a tool result's ``tool_call_id``: checked, kept."""
+    if role == "assistant" and message.get("tool_calls"):
+        return {"tool_calls": check_tool_calls(message["tool_calls"], f"{where}.tool_calls")}
+    if role == "tool":
+        call_id = message.get("tool_call_id")
+        if not isinstance(call_id, str) or not call_id:
+            raise RequestError(
+                f"{where}.tool_call_id must name the call this message answers", param=f"{where}.tool_call_id"
+            )
+        return {"tool_call_id": call_id}
+    return {}
 
 
 def _as_dict(value: Any, where: str) -> Mapping[str, Any]:

@@ -41,9 +41,10 @@ class StreamOptions(BaseModel):
 # Fields of OpenAI's request this server does not implement: refused with a 400 that
 # says what to do instead, never silently ignored.
 NOT_IMPLEMENTED = {
-    "tools": "tool calling is not implemented by this server; vLLM (notebook 07) supports it",
-    "tool_choice": "tool calling is not implemented by this server; vLLM (notebook 07) supports it",
-    "parallel_tool_calls": "tool calling is not implemented by this server",
+    # Accepted by /v1/chat/completions (helpers.tools); only /generate, which returns text, refuses them.
+    "tools": "tools are accepted on /v1/chat/completions only (this route returns text)",
+    "tool_choice": "tools are accepted on /v1/chat/completions only (this route returns text)",
+    "parallel_tool_calls": "tools are accepted on /v1/chat/completions only (this route returns text)",
     "functions": "function calling is not implemented by this server",
     "function_call": "function calling is not implemented by this server",
     "logprobs": "log probabilities are not returned by this server; vLLM (notebook 07) returns them",
@@ -84,6 +85,11 @@ class SamplingFields(BaseModel):
     repetition_penalty: float | None = Field(
         default=None, description="> 0 (1 = off), transformers/vLLM semantics; prompt tokens count too"
     )
+    response_format: dict[str, Any] | None = Field(
+        default=None,
+        description='{"type": "text" | "json_object" | "json_schema", "json_schema": {"name", "schema"}}:'
+        " JSON answers enforced by grammar-constrained decoding (helpers.structured)",
+    )
 
     @model_validator(mode="after")
     def _refuse_unknown_fields(self):
@@ -92,15 +98,6 @@ class SamplingFields(BaseModel):
                 if value in (None, False) or (name == "logit_bias" and value == {}):
                     continue  # "off" is what we do anyway
                 raise RequestError(f"{name} is not supported: {NOT_IMPLEMENTED[name]}", param=name)
-            if name == "response_format":
-                kind = value.get("type") if isinstance(value, dict) else None
-                if value is None or kind == "text":
-                    continue
-                raise RequestError(
-                    f"response_format {kind!r} is not supported by this server (only 'text'); "
-                    "vLLM (notebook 07) supports JSON output",
-                    param="response_format",
-                )
             if name not in HARMLESS:
                 raise RequestError(
                     f"unknown field {name!r}: this server does not implement it (see the README's list of "
@@ -121,6 +118,7 @@ class SamplingFields(BaseModel):
             "presence_penalty": self.presence_penalty,
             "frequency_penalty": self.frequency_penalty,
             "repetition_penalty": self.repetition_penalty,
+            "response_format": self.response_format,
         }
 
 
@@ -136,11 +134,21 @@ class ChatCompletionRequest(SamplingFields):
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int | None = Field(default=None, description="Only 1 is supported")
+    tools: list[dict[str, Any]] | None = Field(
+        default=None, description='OpenAI function tools: [{"type": "function", "function": {"name", ...}}]'
+    )
+    tool_choice: str | dict[str, Any] | None = Field(
+        default=None, description='"none", "auto" (default with tools), "required" or a named function'
+    )
+    parallel_tool_calls: bool | None = Field(default=None, description="false: at most one call")
 
     def generation_params(self) -> dict[str, Any]:
         params = super().generation_params()
         if self.max_completion_tokens is not None:
             params["max_new_tokens"] = self.max_completion_tokens
+        params["tools"] = self.tools
+        params["tool_choice"] = self.tool_choice
+        params["parallel_tool_calls"] = self.parallel_tool_calls
         return params
 
 
@@ -157,15 +165,30 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str = Field(description="The arguments as a JSON object in a string (OpenAI)")
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None = Field(description="The answer text; null when the answer is only tool calls")
+    tool_calls: list[ToolCall] | None = None
+
+
+FinishReason = Literal["stop", "length", "tool_calls"]
 
 
 class Choice(BaseModel):
     index: int = 0
     message: AssistantMessage
-    finish_reason: Literal["stop", "length"]
+    finish_reason: FinishReason
     logprobs: None = None
 
 
@@ -188,12 +211,16 @@ class ChatCompletionResponse(BaseModel):
 class DeltaMessage(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = Field(
+        default=None,
+        description='[{"index", "id", "type", "function": {"name", "arguments"}}], OpenAI deltas',
+    )
 
 
 class ChunkChoice(BaseModel):
     index: int = 0
     delta: DeltaMessage
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: FinishReason | None = None
     logprobs: None = None
 
 

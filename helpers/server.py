@@ -25,7 +25,7 @@ import math
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -57,6 +57,7 @@ from helpers.protocol import (
     completion_id,
     error_body,
 )
+from helpers.tools import ToolCallStream
 
 logger = logging.getLogger("qwen3vl.server")
 
@@ -339,11 +340,12 @@ def create_app(
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
         result = await service.finish(stream, request)
+        # With tool calls, OpenAI sends content null when there is no text besides them.
+        calls = [call.as_openai() for call in result.tool_calls] or None
+        message = AssistantMessage(content=(result.text or None) if calls else result.text, tool_calls=calls)
         return ChatCompletionResponse(
             model=settings.model,
-            choices=[
-                Choice(message=AssistantMessage(content=result.text), finish_reason=result.finish_reason)
-            ],
+            choices=[Choice(message=message, finish_reason=result.finish_reason)],
             usage=Usage(**result.usage.as_dict()),
             response=result.text,
         )
@@ -408,7 +410,7 @@ class Service:
         params = SamplingParams.build(engine.settings, **raw_params)
         self.queue.reserve()
         try:
-            prepared = await self._unless_gone(run_in_threadpool(engine.prepare, messages), request)
+            prepared = await self._unless_gone(run_in_threadpool(engine.prepare, messages, params), request)
             params = engine.check_context(prepared, params)  # before waiting, not after
         except BaseException:
             self.queue.cancel_reservation()
@@ -496,11 +498,30 @@ class Service:
         def error(status: int, message: str, param=None, code=None) -> str:
             return f"data: {json.dumps(error_body(status, message, param, code))}\n\n"
 
+        # With tools, <tool_call> blocks become tool_calls deltas (helpers.tools.ToolCallStream).
+        tool_request = stream.params.tools
+        calls = ToolCallStream() if tool_request is not None and tool_request.choice != "none" else None
+
+        def deltas(events) -> Iterator[str]:
+            for kind, value in events:
+                if kind == "content":
+                    yield event(DeltaMessage(content=value))
+                else:
+                    for delta in value.deltas(len(calls.calls) - 1):
+                        yield event(DeltaMessage(tool_calls=[delta]))
+
         try:
             yield event(DeltaMessage(role="assistant", content=""))
             try:
                 async for piece in _pieces(stream):
-                    yield event(DeltaMessage(content=piece))
+                    if calls is None:
+                        yield event(DeltaMessage(content=piece))
+                    else:
+                        for chunk in deltas(calls.feed(piece)):
+                            yield chunk
+                if calls is not None:
+                    for chunk in deltas(calls.finish()):
+                        yield chunk
             except RequestError as exc:
                 yield error(exc.status_code, exc.message, exc.param, exc.code)
             except Exception:

@@ -88,6 +88,14 @@ SCHEMA = {
         "bandwidth_gb_s": OPTIONAL_NUMBER,
         "bandwidth_fraction": OPTIONAL_NUMBER,
     },
+    "structured_output": {
+        "plain_tokens_per_s": NUMBER,
+        "schema_tokens_per_s": NUMBER,
+        "slowdown": NUMBER,
+        "schema_tokens": int,
+        "compile_ms": NUMBER,
+        "cached_compile_ms": NUMBER,
+    },
     "goals": {
         "overhead_ratio_max": NUMBER,
         "overhead_ok": bool,
@@ -287,5 +295,6 @@ def test_bench_table_names_every_section(bench_run):
         "内存峰值：最大图片请求",
         "内存峰值：最大视频请求",
         "显存峰值",
+        "JSON schema",
     ):
         assert label in table

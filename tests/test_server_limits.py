@@ -152,13 +152,12 @@ def test_lone_surrogates_are_400(client, content):
 
 # -------------------------------------------------- nothing silently ignored
 REFUSED = [
-    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
-    ({"tool_choice": "auto"}, "tool_choice"),
-    ({"response_format": {"type": "json_object"}}, "response_format"),
     (
-        {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}},
-        "response_format",
-    ),
+        {"tool_choice": "auto"},
+        "tool_choice",
+    ),  # without tools (tools themselves: tests/test_structured_server.py)
+    ({"functions": [{"name": "f", "parameters": {}}]}, "functions"),
+    ({"response_format": {"type": "yaml"}}, "response_format.type"),
     ({"logprobs": True}, "logprobs"),
     ({"top_logprobs": 3}, "top_logprobs"),
     ({"logit_bias": {"42": 5}}, "logit_bias"),
@@ -182,6 +181,8 @@ def test_unimplemented_fields_are_refused_by_name(client, extra, param):
     [
         {"user": "student-7", "metadata": {"lesson": "3"}, "store": False},
         {"response_format": {"type": "text"}},
+        {"response_format": {"type": "json_object"}},
+        {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}], "tool_choice": "none"},
         {"logprobs": False, "n": 1},
         {"presence_penalty": 0.5, "frequency_penalty": 0.5, "repetition_penalty": 1.1},
     ],
@@ -325,7 +326,7 @@ HOSTILE = [
     ("NaN", '{"messages": [{"role": "user", "content": "hi"}], "temperature": NaN}', 400),
     ("1e400", '{"messages": [{"role": "user", "content": "hi"}], "top_p": 1e400}', 400),
     ("surrogate", '{"messages": [{"role": "user", "content": "\\ud800"}]}', 400),
-    ("tools", json.dumps(chat_body(tools=[{"type": "function", "function": {"name": "f"}}])), 400),
+    ("bad tool", json.dumps(chat_body(tools=[{"type": "function", "function": {"name": "f g"}}])), 400),
     ("unknown", json.dumps(chat_body(frobnicate=True)), 400),
     (
         "penalties",
