@@ -25,8 +25,8 @@ How uploads stay bounded:
   name from a fixed list) are ever read: nothing typed in the browser is used
   as a path.
 
-When an API key is set, the page asks for it (Gradio's login: any user name,
-the key as password); the key itself stays on the server side.
+When an API key is set, the page asks for it (Gradio's login: any non-empty
+user name, the key as password); the key itself stays on the server side.
 """
 
 from __future__ import annotations
@@ -491,11 +491,16 @@ def build_page(config: PageConfig) -> gr.Blocks:
                     [NO_PICK, *assets], value=NO_PICK, label="或选一个示例文件（images/）", elem_id="pick"
                 )
                 overlay = gr.Image(label="定位结果", visible=False, interactive=False, elem_id="overlay")
-                with gr.Accordion("采样参数", open=False):
+                with gr.Accordion("采样参数", open=False, elem_id="sampling"):
                     temperature = gr.Slider(0, 2, config.default_temperature, step=0.05, label="temperature")
                     top_p = gr.Slider(0.05, 1, config.default_top_p, step=0.05, label="top_p")
                     max_tokens = gr.Slider(
-                        1, config.max_tokens_limit, config.default_max_tokens, step=1, label="max_tokens"
+                        1,
+                        config.max_tokens_limit,
+                        config.default_max_tokens,
+                        step=1,
+                        label="max_tokens",
+                        elem_id="max-tokens",
                     )
                     presence = gr.Slider(
                         -2, 2, config.default_presence_penalty, step=0.1, label="presence_penalty"
@@ -568,7 +573,7 @@ def mount_ui(
         page,
         path=path,
         auth=auth,
-        auth_message="请输入服务器的 API key 作为密码（用户名随意）。Password: the server's API key.",
+        auth_message="用户名随便填，密码是服务器的 API key。Any user name; password: the server's API key.",
         allowed_paths=[str(IMAGES_DIR)],
         max_file_size=settings.max_media_bytes,
         footer_links=["api"],
@@ -622,7 +627,12 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as exc:
         parser.exit(2, f"error: {exc}\n")
     print(f"web chat for {base_url}: http://{args.host}:{args.port}{UI_PATH}/", flush=True)
-    uvicorn.run(create_standalone_app(settings, base_url, api_key), host=args.host, port=args.port)
+    uvicorn.run(
+        create_standalone_app(settings, base_url, api_key),
+        host=args.host,
+        port=args.port,
+        timeout_graceful_shutdown=5,  # open pages keep an event stream: do not wait for them forever
+    )
 
 
 if __name__ == "__main__":

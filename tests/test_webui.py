@@ -291,6 +291,24 @@ def test_a_picked_tutorial_picture_and_a_second_turn_keep_the_history(server, pa
     assert len(answers) == 2 and all(a and not a.startswith("⚠️") for a in answers)
 
 
+def test_the_stop_button_stops_the_generation_on_the_server(server, page):
+    open_chat(page, server.base_url + "/ui/")
+    _, body = launcher.health(server.base_url)
+    cancelled = body["queue"]["cancelled"]
+    page.click("#sampling button, #sampling .label-wrap")
+    page.fill("#max-tokens input[type=number]", "2048")
+    page.press("#max-tokens input[type=number]", "Enter")
+    ask(page, "写一篇很长的文章。")
+    page.wait_for_function("() => [...document.querySelectorAll(\"#chat [data-testid='bot']\")].length")
+    page.click("#stop")
+    deadline = time.monotonic() + 60
+    while launcher.health(server.base_url)[1]["queue"]["cancelled"] == cancelled:
+        assert time.monotonic() < deadline, "the server kept generating after the stop button"
+        time.sleep(0.1)
+    body = launcher.health(server.base_url)[1]
+    assert body["queue"]["running"] == 0
+
+
 def test_a_too_large_upload_shows_a_readable_error(server, page, tmp_path):
     noise = Image.frombytes("RGB", (800, 800), os.urandom(800 * 800 * 3))
     big = tmp_path / "noise.png"
@@ -332,6 +350,7 @@ def test_with_an_api_key_the_page_asks_for_it_and_never_shows_it(key_server, pag
         page.keyboard.press("Enter")
     assert refused.value.status == 400
     assert page.locator("#question").count() == 0
+    page.fill("input[type=text]", "student")  # a refused login clears both fields
     page.fill("input[type=password]", API_KEY)
     page.keyboard.press("Enter")
     page.wait_for_selector("#question textarea")
@@ -368,6 +387,7 @@ def test_standalone_page_talks_to_a_remote_server(server, page, tmp_path):
         answers = wait_for_answers(page, before + 1)
         assert answers[-1] and not answers[-1].startswith("⚠️")
     finally:
+        page.close()  # its open event stream would hold the page's graceful shutdown
         process.terminate()
         process.wait(timeout=30)
         log.close()
