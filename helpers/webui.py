@@ -12,9 +12,11 @@ machine (``QWEN3VL_BASE_URL`` / ``QWEN3VL_API_KEY`` or ``--base-url`` /
 How uploads stay bounded:
 
 - Gradio stores an upload in this process's own temporary folder and refuses
-  files larger than ``max_media_bytes``; on sending, the file is copied into a
-  folder that belongs to the browser session and is deleted when the session
-  ends (and the whole temporary folder when the process stops).
+  files larger than ``max_media_bytes`` (it deletes its copies after an hour);
+  on sending, the file is copied into a folder that belongs to the browser
+  session, deleted with the session (by "清空对话", or when Gradio expires a
+  closed tab's state, an hour after it closed); the whole temporary folder is
+  deleted when the process stops.
 - Pictures and videos travel to the server inside the request as ``data:``
   URIs. The server therefore needs no file access at all (no
   ``--allowed-local-media-path`` that other API clients could use to read
