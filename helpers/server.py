@@ -272,7 +272,7 @@ def create_app(
 
     @app.get("/", summary="Where to start: the web chat page, or /docs without it")
     async def root() -> RedirectResponse:
-        return RedirectResponse("/ui/" if settings.ui else "/docs")
+        return RedirectResponse("/ui/" if app.state.ui else "/docs")
 
     @app.get("/health", summary="Readiness and what is loaded")
     async def health() -> JSONResponse:
@@ -335,10 +335,11 @@ def create_app(
         result = await _finish(stream, request)
         return GenerateResponse(response=result.text)
 
+    app.state.ui = False
     if settings.ui:  # Gradio is imported only here, so `--no-ui` starts as fast as before
         from helpers.webui import mount_ui
 
-        mount_ui(app, settings)
+        app.state.ui = mount_ui(app, settings)
     return app
 
 

@@ -37,7 +37,9 @@ import argparse
 import asyncio
 import atexit
 import contextlib
+import importlib.util
 import json
+import logging
 import mimetypes
 import os
 import secrets
@@ -66,6 +68,8 @@ BASE_URL_ENV = "QWEN3VL_BASE_URL"
 API_KEY_ENV = "QWEN3VL_API_KEY"
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi")
 NO_PICK = "（不选）"
+
+logger = logging.getLogger("qwen3vl.webui")
 
 
 class UiError(Exception):
@@ -537,16 +541,20 @@ def mount_ui(
     base_url: str | None = None,
     api_key: str | None = None,
     path: str = UI_PATH,
-) -> FastAPI:
+) -> bool:
     """Mount the page at ``path`` on ``app``; it talks to ``base_url`` (default: this server itself).
 
     The page requires ``api_key`` (default ``settings.api_key``) as its login
     password when one is set, and sends it to the API from the server side.
+    Returns False (and logs why) when Gradio is not installed: the API still works.
     """
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry calls from a classroom
+    if importlib.util.find_spec("gradio") is None:
+        logger.warning("gradio is not installed: no web page at %s (pip install -r requirements.txt)", path)
+        return False
     upload_root = Path(tempfile.mkdtemp(prefix="qwen3vl-webui-"))
     atexit.register(shutil.rmtree, upload_root, True)  # also when the app never started
-    os.environ["GRADIO_TEMP_DIR"] = str(upload_root)  # read when Gradio builds the page below
+    os.environ["GRADIO_TEMP_DIR"] = str(upload_root)  # before importing Gradio: it keeps uploads there
     import gradio as gr
 
     from helpers.assets import IMAGES_DIR
@@ -594,7 +602,7 @@ def mount_ui(
             shutil.rmtree(upload_root, ignore_errors=True)  # every session's uploads go with the process
 
     app.router.lifespan_context = lifespan
-    return app
+    return True
 
 
 # ------------------------------------------------------------------------ CLI
@@ -609,7 +617,9 @@ def create_standalone_app(settings: Settings, base_url: str, api_key: str | None
     async def root() -> RedirectResponse:
         return RedirectResponse(UI_PATH + "/")
 
-    return mount_ui(app, settings, base_url=base_url, api_key=api_key or "")
+    if not mount_ui(app, settings, base_url=base_url, api_key=api_key or ""):
+        raise SystemExit("gradio is not installed: pip install -r requirements.txt")
+    return app
 
 
 def main(argv: list[str] | None = None) -> None:
