@@ -45,8 +45,20 @@ setup:
 	$(PIP) install -q -r requirements.txt
 	$(PIP) install -q --no-deps -e .
 
+# The browser tests (tests/test_webui.py) drive Debian's chromium through Playwright
+# (Playwright's own browser download is not reachable from every machine); the
+# wqy font makes Chinese readable in their screenshots. Skipped when installed.
 setup-dev: setup
 	$(PIP) install -q -r requirements-dev.txt
+	@if [ -x /usr/bin/chromium ]; then \
+		echo "chromium already installed: /usr/bin/chromium"; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium fonts-wqy-zenhei >/dev/null; \
+	else \
+		echo "no apt-get: install Chromium and set QWEN3VL_CHROMIUM=/path/to/it for the browser tests"; \
+	fi
 
 check:
 	$(PYTHON) -m helpers.env_check

@@ -72,6 +72,7 @@ class Settings:
     host: str = _setting("127.0.0.1", "address to listen on (0.0.0.0 exposes the server)")
     port: int = _setting(6006, "port to listen on (6006 is AutoDL's custom-service port)")
     api_key: str | None = _setting(None, "require 'Authorization: Bearer <key>' on /v1/* and /generate")
+    ui: bool = _setting(True, "serve the web chat page at /ui (--no-ui turns it off)")
 
     # Media access
     allowed_local_media_path: list[Path] = _setting(
@@ -143,7 +144,8 @@ class Settings:
             flag = "--" + f.name.replace("_", "-")
             help_text = f"{f.metadata['help']} [env {env_name(f.name)}]"
             if f.type in ("bool", bool):
-                parser.add_argument(flag, action="store_const", const=True, default=None, help=help_text)
+                # --flag / --no-flag; None (not given) falls back to the environment
+                parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
             elif f.type.startswith("list"):
                 parser.add_argument(flag, action="append", default=None, help=help_text)
             else:

@@ -5,7 +5,8 @@
 
 Routes: ``GET /health``, ``GET /v1/models``, ``POST /v1/chat/completions``
 (streaming with ``"stream": true``), ``POST /generate`` (the original
-tutorial's route) and ``GET /`` (pointers to ``/docs``).
+tutorial's route), ``/ui`` (the web chat page, :mod:`helpers.webui`; ``--no-ui``
+turns it off) and ``GET /`` (a redirect to ``/ui``, or to ``/docs`` without it).
 
 How it stays responsive: the model loads in a background thread after start-up
 (``/health`` answers 503 until it is ready); media loading and generation run
@@ -32,7 +33,7 @@ from typing import Any
 import uvicorn
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -290,14 +291,9 @@ def create_app(
 
     protected = [Depends(check_api_key)]
 
-    @app.get("/", summary="Where to start")
-    async def root() -> dict[str, Any]:
-        return {
-            "message": "Qwen3-VL API server is running. Interactive docs: /docs",
-            "docs": "/docs",
-            "health": "/health",
-            "endpoints": ["/v1/models", "/v1/chat/completions", "/generate"],
-        }
+    @app.get("/", summary="Where to start: the web chat page, or /docs without it")
+    async def root() -> RedirectResponse:
+        return RedirectResponse("/ui/" if app.state.ui else "/docs")
 
     @app.get("/health", summary="Readiness and what is loaded")
     async def health() -> JSONResponse:
@@ -361,6 +357,11 @@ def create_app(
         result = await service.finish(stream, request)
         return GenerateResponse(response=result.text)
 
+    app.state.ui = False
+    if settings.ui:  # Gradio is imported only here, so `--no-ui` starts as fast as before
+        from helpers.webui import mount_ui
+
+        app.state.ui = mount_ui(app, settings)
     return app
 
 

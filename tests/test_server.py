@@ -95,8 +95,8 @@ def test_models_are_listed_in_openai_format(client):
     assert body["data"][0]["id"] == "demo" and body["data"][0]["object"] == "model"
 
 
-def test_root_points_to_the_docs(client):
-    assert client.get("/").json()["docs"] == "/docs"
+def test_root_redirects_to_the_web_page(client):
+    assert client.get("/", follow_redirects=False).headers["location"] == "/ui/"
     assert client.get("/docs").status_code == 200
     schema = client.get("/openapi.json").json()
     assert "ChatCompletionRequest" in schema["components"]["schemas"]
