@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from helpers import client as endpoints
 from helpers.chat_ui import IMAGE_SUFFIXES, data_uri
 from helpers.display import DEMO_BANNER
 from helpers.grounding import draw_grounding, grounding_prompt, parse_grounding
@@ -63,9 +64,6 @@ if TYPE_CHECKING:
     from helpers.config import Settings
 
 UI_PATH = "/ui"
-DEFAULT_BASE_URL = "http://127.0.0.1:6006"
-BASE_URL_ENV = "QWEN3VL_BASE_URL"
-API_KEY_ENV = "QWEN3VL_API_KEY"
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi")
 NO_PICK = "（不选）"
 
@@ -77,20 +75,6 @@ class UiError(Exception):
 
 
 # ----------------------------------------------------------------- where to send
-def target_from_env(base_url: str | None = None, api_key: str | None = None) -> tuple[str, str | None]:
-    """(base URL, API key): the arguments if given, else ``QWEN3VL_BASE_URL`` / ``QWEN3VL_API_KEY``.
-
-    A minimal reading of the two variables every client of the tutorial takes;
-    the base URL is the server's root (a trailing ``/v1`` is accepted too).
-    """
-    url = base_url or os.environ.get(BASE_URL_ENV, "").strip() or DEFAULT_BASE_URL
-    url = url.rstrip("/")
-    if url.endswith("/v1"):
-        url = url[: -len("/v1")]
-    key = api_key if api_key is not None else (os.environ.get(API_KEY_ENV, "").strip() or None)
-    return url, key
-
-
 def own_url(host: str, port: int) -> str:
     """How a process reaches the server it runs in: the loopback address for 0.0.0.0 / ::."""
     if host in ("0.0.0.0", "", "*"):
@@ -628,12 +612,18 @@ def main(argv: list[str] | None = None) -> None:
     from helpers.config import ConfigError, Settings
 
     parser = argparse.ArgumentParser(prog="python -m helpers.webui", description=__doc__.splitlines()[0])
-    parser.add_argument("--base-url", help=f"the API server (default ${BASE_URL_ENV} or {DEFAULT_BASE_URL})")
-    parser.add_argument("--api-key", help=f"its API key, also the page's password (default ${API_KEY_ENV})")
+    parser.add_argument(
+        "--base-url",
+        help=f"the API server (default ${endpoints.BASE_URL_ENV} or {endpoints.DEFAULT_BASE_URL})",
+    )
+    parser.add_argument(
+        "--api-key", help=f"its API key, also the page's password (default ${endpoints.API_KEY_ENV})"
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address of this page (0.0.0.0 exposes it)")
     parser.add_argument("--port", type=int, default=7860, help="port of this page")
     args = parser.parse_args(argv)
-    base_url, api_key = target_from_env(args.base_url, args.api_key)
+    # The same reading of QWEN3VL_BASE_URL / QWEN3VL_API_KEY as every other client of the tutorial.
+    base_url, api_key = endpoints.base_url(args.base_url), endpoints.api_key(args.api_key)
     try:
         settings = Settings.from_env(host=args.host, port=args.port)  # limits and defaults as the server's
     except ConfigError as exc:

@@ -336,7 +336,12 @@ def test_required_makes_random_weights_call_a_tool_with_valid_arguments(
 ):
     request = parse_tools(TOOLS, "required", parallel)
     ids, text = generate_call(demo_model_and_processor, grammars, request, seed)
-    assert ids[-1] in EOS
+    if parallel and ids[-1] not in EOS:
+        # Parallel calls allowed: random weights may keep calling until max_new_tokens (then
+        # finish_reason is "length", as OpenAI's). Every call that was finished must be valid.
+        text = text[: text.rindex("</tool_call>") + len("</tool_call>")]
+    else:
+        assert ids[-1] in EOS
     content, calls = parse_tool_calls(text)
     assert content is None and calls
     assert len(calls) == 1 or parallel
