@@ -31,8 +31,8 @@ SCHEMA_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # OpenAI's rule for json_sch
 # Keywords xgrammar 0.2 accepts but does not enforce: refused, so that every
 # answer really validates against the schema it was asked for.
 UNENFORCED_KEYWORDS = ("not", "if", "then", "else", "uniqueItems")
-# Whitespace between JSON tokens is free (models like to pretty-print), but a run
-# of it is capped so that a model cannot fill max_tokens with blanks.
+# Inside tool calls, whitespace between JSON tokens is free (models like to pretty-print)
+# but a run of it is capped so that a model cannot fill max_tokens with blanks.
 MAX_WHITESPACE_RUN = 20
 CACHE_SIZE = 64  # compiled grammars kept per model
 
@@ -182,14 +182,15 @@ class Grammars:
             raise ValueError(f"{response_format.type!r} needs no grammar")
         # json_object: any object (not an array), with any keys; json_schema: exactly the
         # schema, where an object without "additionalProperties" gets no extra keys.
+        # One JSON layout (", " and ": " between tokens, no other whitespace): free
+        # whitespace lets a model (the demo's random weights at once, real models when
+        # unsure) spend max_tokens on blanks and never close the object.
         schema = json.dumps(response_format.schema or {"type": "object"}, ensure_ascii=False)
         strict = response_format.type == "json_schema"
         try:
             return self._cached(
                 response_format.key(),
-                lambda: self.compiler.compile_json_schema(
-                    schema, any_whitespace=True, max_whitespace_cnt=MAX_WHITESPACE_RUN, strict_mode=strict
-                ),
+                lambda: self.compiler.compile_json_schema(schema, any_whitespace=False, strict_mode=strict),
             )
         except RequestError:
             raise

@@ -8,6 +8,9 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["QWEN3VL_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Servers started by tests skip the Gradio page (importing gradio costs seconds per process);
+# tests/test_webui.py turns it on where the page is what is tested.
+os.environ.setdefault("QWEN3VL_UI", "0")
 
 from pathlib import Path
 
@@ -37,7 +40,7 @@ def engine(demo_checkpoint, tmp_path_factory):
     from helpers.engine import Engine
 
     media = tmp_path_factory.mktemp("media")
-    settings = Settings.from_env({}, model="demo", allowed_local_media_path=[media])
+    settings = Settings.from_env({}, model="demo", allowed_local_media_path=[media], ui=False)
     return Engine.load(settings, verbose=False)
 
 
