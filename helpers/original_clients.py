@@ -47,9 +47,25 @@ def answer_text(result: Mapping[str, Any]) -> str:
     return result["choices"][0]["message"]["content"]
 
 
-def _post_chat(url: str, payload: dict[str, Any], key: str | None) -> requests.Response:
+def _chat(
+    name: str,
+    url: str,
+    content: str | list[dict[str, Any]],
+    key: str | None,
+    max_tokens: int,
+    model: str | None,
+) -> bool:
+    """One user message with the original scripts' payload (temperature 0.7), posted and reported."""
+    payload: dict[str, Any] = {
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": max_tokens,
+        "temperature": 0.7,
+    }
+    if model:
+        payload["model"] = model
     headers = {"Content-Type": "application/json", **auth_headers(key)}
-    return requests.post(f"{url}/v1/chat/completions", json=payload, headers=headers, timeout=TIMEOUT)
+    response = requests.post(f"{url}/v1/chat/completions", json=payload, headers=headers, timeout=TIMEOUT)
+    return _report(name, response)
 
 
 def _report(name: str, response: requests.Response) -> bool:
@@ -85,14 +101,7 @@ def test_health_check(url: str) -> bool:
 
 def test_text_chat(url: str, key: str | None = None, max_tokens: int = 256, model: str | None = None) -> bool:
     print("\n=== 测试纯文本对话 ===")
-    payload = {
-        "messages": [{"role": "user", "content": "你好，请介绍一下你自己。"}],
-        "max_tokens": max_tokens,
-        "temperature": 0.7,
-    }
-    if model:
-        payload["model"] = model
-    return _report("文本对话", _post_chat(url, payload, key))
+    return _chat("文本对话", url, "你好，请介绍一下你自己。", key, max_tokens, model)
 
 
 def test_image_chat(
@@ -107,14 +116,7 @@ def test_image_chat(
         {"type": "image_url", "image_url": {"url": data_uri(image.read_bytes(), image.name)}},
         {"type": "text", "text": "请描述这张图片的内容。"},
     ]
-    payload = {
-        "messages": [{"role": "user", "content": content}],
-        "max_tokens": max_tokens,
-        "temperature": 0.7,
-    }
-    if model:
-        payload["model"] = model
-    return _report("图像对话", _post_chat(url, payload, key))
+    return _chat("图像对话", url, content, key, max_tokens, model)
 
 
 def test_video_conversation(
@@ -126,15 +128,8 @@ def test_video_conversation(
         {"type": "video_url", "video_url": {"url": Path(video).resolve().as_uri()}},
         {"type": "text", "text": "请描述这个视频的内容，包括主要场景和动作。"},
     ]
-    payload = {
-        "messages": [{"role": "user", "content": content}],
-        "max_tokens": max_tokens,
-        "temperature": 0.7,
-    }
-    if model:
-        payload["model"] = model
     print(f"视频文件: {video}")
-    return _report("视频对话", _post_chat(url, payload, key))
+    return _chat("视频对话", url, content, key, max_tokens, model)
 
 
 def served_model_name(url: str, key: str | None = None) -> str | None:
