@@ -713,6 +713,19 @@ def _log(verbose: bool, message: str) -> None:
         print(message, flush=True)
 
 
+def save_results(
+    results: dict[str, Any], out_dir: Path | str, name: str, plot: Callable[[dict[str, Any], Path], Any]
+) -> dict[str, Any]:
+    """Write ``<out_dir>/<name>.json`` and ``<name>.png`` (drawn by ``plot``); return ``results``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(
+        json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
+    plot(results, out / f"{name}.png")
+    return results
+
+
 def check_two_copies_fit(settings: Settings, probe: MemoryProbe | None = None) -> GpuMemoryStatus:
     """On a GPU, make sure the model fits twice: the bench loads it on purpose in two processes.
 
@@ -894,13 +907,7 @@ def run_bench(
         "health_ok": results["health"]["busy_p99_ms"] < HEALTH_P99_GOAL_MS,
     }
     results["wall_s"] = time.perf_counter() - began
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.json").write_text(
-        json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
-    )
-    plot_results(results, out / "bench.png")
-    return results
+    return save_results(results, out_dir, "bench", plot_results)
 
 
 # ------------------------------------------------------------------ reports
@@ -1274,13 +1281,7 @@ def run_compare(
         startup_s=startup,
         wall_s=time.perf_counter() - began,
     )
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "compare.json").write_text(
-        json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
-    )
-    plot_compare(results, out / "compare.png")
-    return results
+    return save_results(results, out_dir, "compare", plot_compare)
 
 
 # ---------------------------------------------------------------------- CLI
