@@ -209,30 +209,35 @@ def test_penalties_change_greedy_answers_deterministically_and_stream_equals_pla
 
 
 # ------------------------------------------------------------- attention kernel
-def test_flash_attention_is_only_used_when_asked_and_importable(tmp_path, monkeypatch):
+@pytest.fixture
+def installed_flash_attn(tmp_path, monkeypatch):
+    """Put a ``flash_attn`` package with the given ``__init__.py`` first on the import path."""
+
+    def install(source: str) -> None:
+        (tmp_path / "flash_attn").mkdir()
+        (tmp_path / "flash_attn" / "__init__.py").write_text(source)
+        monkeypatch.syspath_prepend(str(tmp_path))
+        monkeypatch.delitem(sys.modules, "flash_attn", raising=False)
+
+    return install
+
+
+def test_flash_attention_is_only_used_when_asked_and_importable(installed_flash_attn):
     with pytest.raises(ConfigError, match="CUDA"):
         choose_attention("flash_attention_2", "cpu")
     with pytest.raises(ConfigError, match="sdpa"):  # flash-attn is not installed here
         choose_attention("flash_attention_2", "cuda")
-    broken = tmp_path / "broken"
-    (broken / "flash_attn").mkdir(parents=True)
-    (broken / "flash_attn" / "__init__.py").write_text(
+    installed_flash_attn(
         "raise OSError('flash_attn_2_cuda.so: undefined symbol: _ZN3c104cuda9SetDeviceEi')\n"
     )
-    monkeypatch.syspath_prepend(str(broken))
-    monkeypatch.delitem(sys.modules, "flash_attn", raising=False)
     with pytest.raises(ConfigError, match=r"undefined symbol.*sdpa"):
         choose_attention("flash_attention_2", "cuda")
 
 
-def test_flash_attention_4_is_not_taken_for_flash_attention_2(tmp_path, monkeypatch):
-    fa4 = tmp_path / "fa4"
-    (fa4 / "flash_attn").mkdir(parents=True)
-    (fa4 / "flash_attn" / "__init__.py").write_text(
+def test_flash_attention_4_is_not_taken_for_flash_attention_2(installed_flash_attn):
+    installed_flash_attn(
         "__version__ = '4.0.0'\ndef flash_attn_func(*args, **kwargs):\n    raise NotImplementedError\n"
     )
-    monkeypatch.syspath_prepend(str(fa4))
-    monkeypatch.delitem(sys.modules, "flash_attn", raising=False)
     with pytest.raises(ConfigError, match=r"2\.x"):
         choose_attention("flash_attention_2", "cuda")
 
