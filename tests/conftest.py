@@ -49,6 +49,27 @@ def media_dir(engine) -> Path:
     return engine.settings.allowed_local_media_path[0]
 
 
+def generate_ids(
+    demo_model_and_processor, messages, logits_processor, seed=None, max_new_tokens=320, tools=None
+):
+    """New token ids of the demo model under ``logits_processor``: greedy when ``seed`` is None, else T=1."""
+    import torch
+
+    model, processor = demo_model_and_processor
+    text = processor.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True)
+    inputs = processor(text=[text], return_tensors="pt")
+    if seed is None:
+        sampling = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    else:
+        torch.manual_seed(seed)
+        sampling = {"do_sample": True, "temperature": 1.0, "top_p": 1.0, "top_k": 0}
+    with torch.inference_mode():
+        out = model.generate(
+            **inputs, max_new_tokens=max_new_tokens, logits_processor=[logits_processor], **sampling
+        )
+    return out[0, inputs["input_ids"].shape[1] :].tolist()
+
+
 def write_clip(
     path: Path,
     seconds: float = 3.0,

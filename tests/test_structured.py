@@ -8,6 +8,7 @@ import json
 import jsonschema
 import pytest
 import torch
+from conftest import generate_ids
 
 from helpers.errors import RequestError
 from helpers.structured import Grammars, ResponseFormat, parse_response_format
@@ -99,21 +100,8 @@ def generate(
     demo_model_and_processor, logits_processor, seed=None, max_new_tokens=320, prompt="Reply in JSON."
 ):
     """New token ids from the demo model: greedy when ``seed`` is None, else plain sampling (T=1)."""
-    model, processor = demo_model_and_processor
-    text = processor.apply_chat_template(
-        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-    )
-    inputs = processor(text=[text], return_tensors="pt")
-    if seed is None:
-        sampling = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-    else:
-        torch.manual_seed(seed)
-        sampling = {"do_sample": True, "temperature": 1.0, "top_p": 1.0, "top_k": 0}
-    with torch.inference_mode():
-        out = model.generate(
-            **inputs, max_new_tokens=max_new_tokens, logits_processor=[logits_processor], **sampling
-        )
-    return out[0, inputs["input_ids"].shape[1] :].tolist()
+    messages = [{"role": "user", "content": prompt}]
+    return generate_ids(demo_model_and_processor, messages, logits_processor, seed, max_new_tokens)
 
 
 def answer(demo_model_and_processor, ids) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-import torch
+from conftest import generate_ids
 
 from helpers.demo_model import CHAT_TEMPLATE
 from helpers.errors import RequestError
@@ -292,29 +292,16 @@ def test_streamed_pieces_split_the_same_way_as_the_whole_answer(name):
 
 # ---------------------------------------------------------- forced calls
 def generate_call(demo_model_and_processor, grammars, request, seed, max_new_tokens=400):
-    model, processor = demo_model_and_processor
-    text = processor.apply_chat_template(
-        [{"role": "user", "content": "What is the weather in Paris?"}],
-        tools=request.template_tools(),
-        tokenize=False,
-        add_generation_prompt=True,
-    )
-    inputs = processor(text=[text], return_tensors="pt")
     compiled = grammars.compile_structural_tag(request.structural_tag())
-    if seed is None:
-        sampling = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-    else:
-        torch.manual_seed(seed)
-        sampling = {"do_sample": True, "temperature": 1.0, "top_p": 1.0, "top_k": 0}
-    with torch.inference_mode():
-        out = model.generate(
-            **inputs,
-            max_new_tokens=max_new_tokens,
-            logits_processor=[grammars.logits_processor(compiled)],
-            **sampling,
-        )
-    ids = out[0, inputs["input_ids"].shape[1] :].tolist()
-    return ids, processor.tokenizer.decode(ids, skip_special_tokens=True)
+    ids = generate_ids(
+        demo_model_and_processor,
+        [{"role": "user", "content": "What is the weather in Paris?"}],
+        grammars.logits_processor(compiled),
+        seed,
+        max_new_tokens,
+        tools=request.template_tools(),
+    )
+    return ids, demo_model_and_processor[1].tokenizer.decode(ids, skip_special_tokens=True)
 
 
 @pytest.fixture(scope="module")
