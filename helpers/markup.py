@@ -10,12 +10,21 @@ Instead, every text that contains a special token is swapped for one placeholder
 token before the template and the processor run (so they see no stray markup),
 then each stretch of text between two real control tokens that held a
 placeholder is tokenized again, with the user's characters back in place and
-special-token matching off (``split_special_tokens=True``). The result is
-exactly the ids of "template tokens + the user's characters as ordinary text".
+special-token matching off. The result is exactly the ids of "template tokens +
+the user's characters as ordinary text".
+
+That second tokenization uses a private copy of the tokenizer's Rust backend
+(:func:`text_tokenizer`), never the shared tokenizer: transformers implements
+``split_special_tokens=True`` by flipping a switch on the shared backend, so with
+requests prepared in several threads one request's switch changed what another
+request's prompt became (control tokens split into text, or typed markup read as
+control tokens), or raised "Already borrowed".
 """
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Iterable
 from typing import Any
 
@@ -80,6 +89,29 @@ def shield_markup(
     return shielded, hidden
 
 
+_TEXT_TOKENIZERS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+_TEXT_TOKENIZERS_LOCK = threading.Lock()
+
+
+def text_tokenizer(tokenizer) -> Any:
+    """A copy of ``tokenizer``'s fast (Rust) backend that reads special tokens as text; one per tokenizer.
+
+    Equivalent to ``tokenizer(text, split_special_tokens=True)``, but the shared
+    tokenizer is never changed: in transformers 5.x that option sets
+    ``backend_tokenizer.encode_special_tokens`` on the shared backend and leaves it
+    set. The copy is only read after it is built, so threads may use it at once.
+    """
+    with _TEXT_TOKENIZERS_LOCK:
+        copy = _TEXT_TOKENIZERS.get(tokenizer)
+        if copy is None:
+            from tokenizers import Tokenizer
+
+            copy = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())  # ~0.5 s, once
+            copy.encode_special_tokens = True
+            _TEXT_TOKENIZERS[tokenizer] = copy
+        return copy
+
+
 def restore_markup(inputs: Any, hidden: list[str], tokenizer) -> Any:
     """Put the hidden texts back into ``inputs`` as ordinary-text tokens (see the module docstring)."""
     if not hidden:
@@ -89,6 +121,7 @@ def restore_markup(inputs: Any, hidden: list[str], tokenizer) -> Any:
     ids: list[int] = inputs["input_ids"][0].tolist()
     if ids.count(placeholder_id) != len(hidden):
         raise RequestError("message text contains chat markup that could not be kept as text")
+    as_text = text_tokenizer(tokenizer)
     texts = iter(hidden)
     new_ids: list[int] = []
     source: list[int] = []  # for each new id: its index in the old ids, or -1 for re-tokenized text
@@ -105,9 +138,7 @@ def restore_markup(inputs: Any, hidden: list[str], tokenizer) -> Any:
                 else:
                     run.append(token)
             pieces.append(tokenizer.decode(run, clean_up_tokenization_spaces=False))
-            retokenized = tokenizer(
-                "".join(pieces), add_special_tokens=False, split_special_tokens=True
-            ).input_ids
+            retokenized = as_text.encode("".join(pieces), add_special_tokens=False).ids
             new_ids += retokenized
             source += [-1] * len(retokenized)
         else:
