@@ -417,8 +417,21 @@ def choose_dtype(setting: str, device: str) -> torch.dtype:
     if setting != "auto":
         return DTYPES[setting]
     if device.startswith("cuda"):
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if bf16_supported(device) else torch.float16
     return torch.float32  # CPUs are slow and sometimes wrong in half precision
+
+
+def bf16_supported(device: str) -> bool:
+    """Whether ``device`` computes in bfloat16 natively (Ampere and newer), as env_check's table says.
+
+    ``torch.cuda.is_bf16_supported()`` alone also says True where bf16 is only
+    emulated (T4, V100, RTX 2080 Ti): slow there, so those cards get float16.
+    """
+    index = torch.device(device).index
+    if index is None:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    with torch.cuda.device(index):  # it asks about the current device
+        return torch.cuda.is_bf16_supported(including_emulation=False)
 
 
 def choose_attention(setting: str, device: str) -> str:
