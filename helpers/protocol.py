@@ -55,10 +55,12 @@ NOT_IMPLEMENTED = {
     "prediction": "predicted outputs are not supported",
     "reasoning_effort": "Qwen3-VL-4B-Instruct does not reason in a separate channel; leave it out",
     "web_search_options": "web search is not supported",
-    "service_tier": "service tiers are not supported",
+    "service_tier": 'this server has one tier: send "auto" or "default", or leave it out',
     "min_p": "min_p is not supported; use top_p / top_k",
     "ignore_eos": "ignore_eos is not supported",
 }
+# Values of those fields that ask for what the server does anyway (besides null and false): accepted.
+ALREADY_SO = {"logit_bias": [{}], "service_tier": ["auto", "default"]}  # "auto": OpenAI's default tier
 # Accepted and ignored: they change nothing about the answer.
 HARMLESS = {"model", "user", "metadata", "store", "stream_options", "n"}
 
@@ -95,8 +97,8 @@ class SamplingFields(BaseModel):
     def _refuse_unknown_fields(self):
         for name, value in (self.model_extra or {}).items():
             if name in NOT_IMPLEMENTED:
-                if value in (None, False) or (name == "logit_bias" and value == {}):
-                    continue  # "off" is what we do anyway
+                if value in (None, False) or value in ALREADY_SO.get(name, ()):
+                    continue  # "off" or "default" is what we do anyway
                 raise RequestError(f"{name} is not supported: {NOT_IMPLEMENTED[name]}", param=name)
             if name not in HARMLESS:
                 raise RequestError(

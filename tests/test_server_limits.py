@@ -165,6 +165,7 @@ REFUSED = [
     ({"audio": {"voice": "alloy", "format": "wav"}}, "audio"),
     ({"modalities": ["text", "audio"]}, "modalities"),
     ({"min_p": 0.1}, "min_p"),
+    ({"service_tier": "flex"}, "service_tier"),
     ({"best_of_everything": 1}, "best_of_everything"),
 ]
 
@@ -184,6 +185,8 @@ def test_unimplemented_fields_are_refused_by_name(client, extra, param):
         {"response_format": {"type": "json_object"}},
         {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}], "tool_choice": "none"},
         {"logprobs": False, "n": 1},
+        {"service_tier": "auto"},  # the OpenAI SDK's default
+        {"service_tier": "default", "logit_bias": {}},
         {"presence_penalty": 0.5, "frequency_penalty": 0.5, "repetition_penalty": 1.1},
     ],
 )
