@@ -383,7 +383,7 @@ class ChatStream:
             now = time.perf_counter()
             calls: list[ToolCall] = []
             if self.params.tools is not None and self.params.tools.choice != "none":
-                content, calls = parse_tool_calls(text)
+                content, calls = parse_tool_calls(text, forced=self.params.tools.forces_calls)
                 text = content or ""
             self.result = ChatResult(
                 text=text,

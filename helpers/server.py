@@ -501,7 +501,11 @@ class Service:
 
         # With tools, <tool_call> blocks become tool_calls deltas (helpers.tools.ToolCallStream).
         tool_request = stream.params.tools
-        calls = ToolCallStream() if tool_request is not None and tool_request.choice != "none" else None
+        calls = (
+            ToolCallStream(tool_request.forces_calls)
+            if tool_request is not None and tool_request.choice != "none"
+            else None
+        )
 
         def deltas(events) -> Iterator[str]:
             for kind, value in events:

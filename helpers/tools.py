@@ -91,6 +91,11 @@ class ToolRequest:
             }
         return {"type": "structural_tag", "format": fmt}
 
+    @property
+    def forces_calls(self) -> bool:
+        """``required`` or a named function: the grammar allows calls only, so text is never part of it."""
+        return self.choice in ("required", "function")
+
     def names(self) -> set[str]:
         return {tool.name for tool in self.tools}
 
@@ -302,12 +307,12 @@ def _call_from(body: str) -> ToolCall | None:
     return ToolCall(new_call_id(), data["name"], json.dumps(arguments, ensure_ascii=False))
 
 
-def parse_tool_calls(text: str) -> tuple[str | None, list[ToolCall]]:
+def parse_tool_calls(text: str, forced: bool = False) -> tuple[str | None, list[ToolCall]]:
     """Split a whole answer into its text and its tool calls (the same rules as :class:`ToolCallStream`).
 
     The text is ``None`` when the answer was only calls (as OpenAI sends it).
     """
-    stream = ToolCallStream()
+    stream = ToolCallStream(forced)
     events = [*stream.feed(text), *stream.finish()]
     content = "".join(value for kind, value in events if kind == "content")
     return (content or None) if stream.calls else content, stream.calls
@@ -324,10 +329,15 @@ class ToolCallStream:
       is a call, and the whitespace around it is dropped;
     - a block that holds anything else, and an unclosed block (an answer cut
       by max_tokens), is text;
-    - text that may still become ``<tool_call>`` is held back until it is known.
+    - text that may still become ``<tool_call>`` is held back until it is known;
+    - ``forced`` (``tool_choice`` ``required`` or a named function, where the
+      grammar allows calls only): an unclosed block at the end is dropped, so an
+      answer cut by max_tokens is the calls finished before the cut (maybe none)
+      and never raw ``<tool_call>`` markup as text.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, forced: bool = False) -> None:
+        self.forced = forced
         self.calls: list[ToolCall] = []
         self._buffer = ""  # undecided: a partial "<tool_call>" or an unclosed block
         self._held = ""  # trailing whitespace, dropped if a call follows
@@ -360,6 +370,8 @@ class ToolCallStream:
 
     def finish(self) -> Iterator[tuple[str, Any]]:
         rest, self._buffer = self._buffer, ""
+        if self.forced and rest:
+            return  # the call that max_tokens cut (and the separator before it)
         yield from self._text(rest)
         if self._held:
             yield "content", self._held
