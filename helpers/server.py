@@ -3,7 +3,8 @@
     python -m helpers.server --model demo                 # no GPU needed
     python -m helpers.server --host 0.0.0.0 --api-key KEY # exposed: always set a key
 
-Routes: ``GET /health``, ``GET /v1/models``, ``POST /v1/chat/completions``
+Routes: ``GET /health``, ``GET /metrics`` (Prometheus, :mod:`helpers.metrics`),
+``GET /v1/models``, ``POST /v1/chat/completions``
 (streaming with ``"stream": true``), ``POST /generate`` (the original
 tutorial's route), ``/ui`` (the web chat page, :mod:`helpers.webui`; ``--no-ui``
 turns it off) and ``GET /`` (a redirect to ``/ui``, or to ``/docs`` without it).
@@ -33,7 +34,7 @@ from typing import Any
 import uvicorn
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
+from fastapi.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -41,6 +42,7 @@ from helpers.config import ConfigError, ModelNotFoundError, Settings
 from helpers.costs import NotEnoughGPUMemory, check_gpu_memory, format_bytes
 from helpers.engine import ChatResult, ChatStream, Engine, SamplingParams
 from helpers.errors import RequestError
+from helpers.metrics import CONTENT_TYPE, HTTPMetrics, ServerMetrics
 from helpers.protocol import (
     AssistantMessage,
     ChatCompletionChunk,
@@ -106,10 +108,14 @@ class ModelHolder:
 
 
 class GenerationQueue:
-    """One generation at a time; at most ``max_waiting`` requests queue behind it."""
+    """One generation at a time; at most ``max_waiting`` requests queue behind it.
 
-    def __init__(self, max_waiting: int) -> None:
+    It counts what ``/health`` reports and tells ``metrics`` (``/metrics``) the same events.
+    """
+
+    def __init__(self, max_waiting: int, metrics: ServerMetrics | None = None) -> None:
         self.max_waiting = max_waiting
+        self.metrics = metrics
         self.waiting = 0
         self.running = 0
         self.completed = 0
@@ -126,6 +132,8 @@ class GenerationQueue:
     def reserve(self) -> None:
         """Take a place in the queue now, or refuse with 429."""
         if self.running + self.waiting >= 1 + self.max_waiting:
+            if self.metrics is not None:
+                self.metrics.rejected()
             raise ServerBusy(
                 f"the server is busy ({self.running} running, {self.waiting} waiting); retry later",
                 status_code=429,
@@ -133,18 +141,32 @@ class GenerationQueue:
             )
         self.waiting += 1
 
-    def cancel_reservation(self) -> None:
+    def cancel_reservation(self, left: bool = False) -> None:
+        """Give the place back: the request was refused (400...) or, with ``left``, its client went away."""
         self.waiting -= 1
+        if left:
+            self._count_cancelled()
 
     async def acquire(self) -> None:
-        """Wait for the model (call after :meth:`reserve`)."""
+        """Wait for the model (after :meth:`reserve`); a client that leaves meanwhile counts as cancelled."""
         self._loop = asyncio.get_running_loop()
+        queued_at = time.monotonic()
         try:
             await self._slot.acquire()
-        finally:
+        except asyncio.CancelledError:  # the client left, or the server is stopping
             self.waiting -= 1
+            self._count_cancelled()
+            raise
+        self.waiting -= 1
         self.running += 1
         self._started_at = time.monotonic()
+        if self.metrics is not None:
+            self.metrics.waited(self._started_at - queued_at)
+
+    def _count_cancelled(self) -> None:
+        self.cancelled += 1
+        if self.metrics is not None:
+            self.metrics.aborted()
 
     def release(self, stream: ChatStream | None = None) -> None:
         """Free the model; safe to call from any thread (the generation thread calls it)."""
@@ -154,7 +176,7 @@ class GenerationQueue:
     def _release(self, stopped_early: bool) -> None:
         self.running -= 1
         if stopped_early:
-            self.cancelled += 1
+            self._count_cancelled()
         else:
             self.completed += 1
             if self._started_at is not None:
@@ -249,8 +271,10 @@ def create_app(
     if engine is not None and engine.settings is not settings:
         engine = engine.with_settings(**vars(settings))  # one set of rules for server and engine
     holder = ModelHolder(settings, engine)
-    queue = GenerationQueue(settings.max_queue)
-    service = Service(holder, queue)
+    metrics = ServerMetrics(settings.model)
+    queue = GenerationQueue(settings.max_queue, metrics)
+    metrics.watch(running=lambda: queue.running, waiting=lambda: queue.waiting, engine=lambda: holder.engine)
+    service = Service(holder, queue, metrics)
     load = loader or (lambda s: Engine.load(s, verbose=False))
 
     @asynccontextmanager
@@ -274,8 +298,10 @@ def create_app(
     app.state.holder = holder
     app.state.queue = queue
     app.state.service = service
+    app.state.metrics = metrics
     app.state.settings = settings
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(HTTPMetrics, metrics=metrics)  # outermost: it sees the 413s too
     _install_error_handlers(app)
 
     async def check_api_key(request: Request) -> None:
@@ -312,6 +338,15 @@ def create_app(
         body.update(_engine_facts(holder.engine))
         body["status"] = "ok"
         return JSONResponse(body)
+
+    @app.get(
+        "/metrics",
+        dependencies=protected,
+        response_class=Response,
+        summary="Prometheus metrics (names as vLLM's where they measure the same thing; see helpers.metrics)",
+    )
+    async def prometheus_metrics() -> Response:
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE)
 
     @app.get("/v1/models", response_model=ModelList, dependencies=protected, summary="The served model")
     async def list_models() -> ModelList:
@@ -377,9 +412,10 @@ def _engine_facts(engine: Engine) -> dict[str, Any]:
 class Service:
     """What the chat routes share: the model, the queue, the running answers, and shutdown."""
 
-    def __init__(self, holder: ModelHolder, queue: GenerationQueue) -> None:
+    def __init__(self, holder: ModelHolder, queue: GenerationQueue, metrics: ServerMetrics) -> None:
         self.holder = holder
         self.queue = queue
+        self.metrics = metrics
         self.stopping = asyncio.Event()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.active: set[ChatStream] = set()
@@ -403,8 +439,9 @@ class Service:
         """Validate, load media (in a thread), wait for the model, start generating.
 
         A client that leaves (or a shutdown) while media load or the request waits
-        for the model ends it there: no prefill is spent on it.
+        for the model ends it there: no prefill is spent on it, and it counts as cancelled.
         """
+        arrived = time.perf_counter()
         if self.stopping.is_set():
             raise self._shutting_down()
         engine = self.holder.ready_engine()
@@ -413,8 +450,8 @@ class Service:
         try:
             prepared = await self._unless_gone(run_in_threadpool(engine.prepare, messages, params), request)
             params = engine.check_context(prepared, params)  # before waiting, not after
-        except BaseException:
-            self.queue.cancel_reservation()
+        except BaseException as exc:
+            self.queue.cancel_reservation(left=getattr(exc, "code", None) in _GONE)
             raise
         await self._unless_gone(self.queue.acquire(), request, on_late_result=self._give_back_slot)
 
@@ -430,6 +467,7 @@ class Service:
             self.queue.release()
             raise
         self.active.add(stream)
+        self.metrics.started(stream, arrived)
         if self.stopping.is_set():
             stream.cancel()
         return stream
@@ -477,6 +515,8 @@ class Service:
                 raise self._shutting_down()
             if watcher.done():  # the client left: the answer is cut short and nobody will read it
                 raise RequestError("client disconnected", code="client_disconnected")
+            if not stream.stopped_early:  # stopped early: counted as cancelled by the queue
+                self.metrics.finished(stream)
             return result
         finally:
             watcher.cancel()
@@ -538,12 +578,17 @@ class Service:
                     yield error(shutdown.status_code, shutdown.message, None, shutdown.code)
                 else:
                     result = stream.result
+                    if not stream.stopped_early:  # counted before the client can see the end
+                        self.metrics.finished(stream)
                     yield event(DeltaMessage(), finish=result.finish_reason)
                     if include_usage:
                         yield event(DeltaMessage(), usage=Usage(**result.usage.as_dict()), empty=True)
             yield "data: [DONE]\n\n"
         finally:
             stream.cancel()  # the client left early: stop generating at the next token
+
+
+_GONE = ("client_disconnected", "shutting_down")  # codes of a request that ended before it was answered
 
 
 async def _disconnected(request: Request) -> None:
