@@ -243,3 +243,33 @@ class HTTPMetrics:
         handler = getattr(scope.get("route"), "path", None) or "none"
         if handler not in NOT_COUNTED:
             self.metrics.http_requests.labels(scope["method"], str(status), handler).inc()
+
+
+# ---------------------------------------------------------------- reading them
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def parse_metrics(text: str) -> Samples:
+    """A scrape in the Prometheus text format, as ``{(sample name, sorted labels): value}``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def read_metrics(base_url: str, headers: dict[str, str] | None = None, timeout: float = 10.0) -> Samples:
+    """``GET /metrics`` of a server (ours, or vLLM: the same names), parsed by :func:`parse_metrics`."""
+    import requests
+
+    response = requests.get(base_url.rstrip("/") + "/metrics", headers=headers, timeout=timeout)
+    response.raise_for_status()
+    return parse_metrics(response.text)
+
+
+def total(samples: Samples, name: str, **labels: str) -> float:
+    """The sum of the samples called ``name`` that carry ``labels`` (0 when there are none)."""
+    wanted = set(labels.items())
+    return sum(value for (sample, found), value in samples.items() if sample == name and wanted <= set(found))

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from helpers import launcher
-from helpers.metrics import ServerMetrics
+from helpers.metrics import ServerMetrics, parse_metrics, read_metrics, total
 from helpers.server import create_app
 
 API_KEY = "metrics-key-7"
@@ -38,23 +38,8 @@ def chat_body(**extra):
     return {"model": "demo", "messages": TEXT, "max_tokens": 5, "temperature": 0, **extra}
 
 
-def parse(text: str) -> dict[tuple[str, tuple], float]:
-    """Every sample of a scrape: (name, sorted labels) -> value."""
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def value(samples, name: str, **labels) -> float:
-    """The sum of the samples called ``name`` whose labels include ``labels`` (0 when there are none)."""
-    wanted = set(labels.items())
-    return sum(v for (n, ls), v in samples.items() if n == name and wanted <= set(ls))
-
-
 def http_count(samples, status: int, handler: str = CHAT, method: str = "POST") -> float:
-    return value(samples, "http_requests_total", status=str(status), handler=handler, method=method)
+    return total(samples, "http_requests_total", status=str(status), handler=handler, method=method)
 
 
 # ------------------------------------------------------------------ in-process
@@ -68,7 +53,7 @@ def scrape(client) -> dict:
     response = client.get("/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain; version=")
-    return parse(response.text)
+    return parse_metrics(response.text)
 
 
 def test_the_scrape_parses_and_uses_vllm_names_and_labels(client):
@@ -95,7 +80,7 @@ def test_counters_move_by_exactly_what_the_requests_did(client):
     after = scrape(client)
 
     def delta(name, **labels):
-        return value(after, name, **labels) - value(before, name, **labels)
+        return total(after, name, **labels) - total(before, name, **labels)
 
     assert http_count(after, 200) - http_count(before, 200) == 2
     assert http_count(after, 400) - http_count(before, 400) == 1
@@ -129,10 +114,10 @@ def test_gpu_memory_is_reported_for_a_model_on_a_gpu_only(engine):
     metrics.watch(running=lambda: 0, waiting=lambda: 0, engine=lambda: loaded["engine"])
     assert "gpu_memory" not in metrics.exposition().decode()  # the real engine is on the CPU
     loaded["engine"] = OnGpu()
-    samples = parse(metrics.exposition().decode())
+    samples = parse_metrics(metrics.exposition().decode())
     labels = {"model_name": "demo", "device": "cuda:0"}
-    assert value(samples, "qwen3vl:gpu_memory_allocated_bytes", **labels) == 3 * 2**30
-    assert value(samples, "qwen3vl:gpu_memory_reserved_bytes", **labels) == 4 * 2**30
+    assert total(samples, "qwen3vl:gpu_memory_allocated_bytes", **labels) == 3 * 2**30
+    assert total(samples, "qwen3vl:gpu_memory_reserved_bytes", **labels) == 4 * 2**30
 
 
 # --------------------------------------------------------- real uvicorn process
@@ -151,11 +136,7 @@ def live(tmp_path_factory):
 
 
 def live_scrape(server) -> dict:
-    response = requests.get(
-        server.base_url + "/metrics", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=10
-    )
-    assert response.status_code == 200
-    return parse(response.text)
+    return read_metrics(server.base_url, {"Authorization": f"Bearer {API_KEY}"})
 
 
 def queue_stats(server) -> dict:
@@ -177,7 +158,7 @@ def test_metrics_need_the_api_key(live):
     assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"
     wrong = requests.get(live.base_url + "/metrics", headers={"Authorization": "Bearer nope"}, timeout=10)
     assert wrong.status_code == 401
-    assert value(live_scrape(live), "vllm:num_requests_running") == 0
+    assert total(live_scrape(live), "vllm:num_requests_running") == 0
 
 
 def test_queue_gauges_429s_and_cancellations_over_http(live):
@@ -196,20 +177,20 @@ def test_queue_gauges_429s_and_cancellations_over_http(live):
         queued.sendall(head + payload)
         wait_queue(live, lambda q: q["waiting"] == 1)
         busy = live_scrape(live)
-        assert value(busy, "vllm:num_requests_running") == 1 and value(busy, "vllm:num_requests_waiting") == 1
+        assert total(busy, "vllm:num_requests_running") == 1 and total(busy, "vllm:num_requests_waiting") == 1
         full = requests.post(live.base_url + CHAT, json=chat_body(), headers=auth, timeout=60)
         assert full.status_code == 429
     left = wait_queue(live, lambda q: q["waiting"] == 0)
     assert left["cancelled"] == health_before["cancelled"] + 1 and left["running"] == 1
-    assert value(live_scrape(live), "vllm:request_success_total", finished_reason="abort") == (
-        value(before, "vllm:request_success_total", finished_reason="abort") + 1
+    assert total(live_scrape(live), "vllm:request_success_total", finished_reason="abort") == (
+        total(before, "vllm:request_success_total", finished_reason="abort") + 1
     )
     running.close()  # the streaming client leaves mid-answer
     done = wait_queue(live, lambda q: q["running"] == 0)
     after = live_scrape(live)
 
     def delta(name, **labels):
-        return value(after, name, **labels) - value(before, name, **labels)
+        return total(after, name, **labels) - total(before, name, **labels)
 
     assert done["cancelled"] == health_before["cancelled"] + 2
     assert done["completed"] == health_before["completed"]
@@ -218,7 +199,7 @@ def test_queue_gauges_429s_and_cancellations_over_http(live):
     assert delta("vllm:admission_rejections_total", reason="max_num_queued_reqs") == 1
     assert http_count(after, 429) - http_count(before, 429) == 1
     assert delta("vllm:request_queue_time_seconds_count") == 1  # only the stream got the model
-    assert value(after, "vllm:num_requests_running") == 0 and value(after, "vllm:num_requests_waiting") == 0
+    assert total(after, "vllm:num_requests_running") == 0 and total(after, "vllm:num_requests_waiting") == 0
 
 
 def test_a_burst_of_requests_is_counted_once_each(live):
@@ -244,10 +225,10 @@ def test_a_burst_of_requests_is_counted_once_each(live):
     assert http_count(after, 200) - http_count(before, 200) == served
     assert http_count(after, 429) - http_count(before, 429) == refused
     assert (
-        value(after, "vllm:admission_rejections_total") - value(before, "vllm:admission_rejections_total")
+        total(after, "vllm:admission_rejections_total") - total(before, "vllm:admission_rejections_total")
         == refused
     )
     assert (
-        value(after, "vllm:generation_tokens_total") - value(before, "vllm:generation_tokens_total")
+        total(after, "vllm:generation_tokens_total") - total(before, "vllm:generation_tokens_total")
         == 4 * served
     )
