@@ -28,8 +28,12 @@ Which ``Settings`` become which vLLM flags (:func:`vllm_command`):
 - max_images_per_request / max_videos_per_request -> ``--limit-mm-per-prompt``
 - image / video pixel budgets, video_fps -> ``--mm-processor-kwargs``; video_max_frames ->
   ``--media-io-kwargs``
-- presence_penalty, default_max_new_tokens -> ``--override-generation-config`` (what a request
-  that leaves them out gets, as with our server)
+- presence_penalty -> ``--override-generation-config`` (what a request that leaves it out gets)
+- default_max_new_tokens -> ``--hf-config-path`` (see :func:`write_generation_defaults`): what a
+  request that leaves ``max_tokens`` out gets, shrunk to fit the context, as with our server;
+  a request that asks for more gets more
+- ``--enable-auto-tool-choice --tool-call-parser hermes``: ``tools`` with ``tool_choice`` auto
+  (the default when tools are sent), as our server accepts them
 - dtype ``auto`` -> ``float32`` on the CPU build (as our engine does), else the model's own
 """
 
@@ -55,6 +59,9 @@ from helpers.vllm_setup import QUIET_ENV, choose_venv, has_nvidia_gpu, venv_pyth
 ENTRY_MODULE = "vllm.entrypoints.openai.api_server"
 # The CPU build keeps its KV cache in RAM; the demo model needs very little of it.
 DEMO_CPU_KVCACHE_GIB = "1"
+# Qwen3-VL writes tool calls as <tool_call>{"name": ..., "arguments": ...}</tool_call>, the Hermes
+# format: vLLM 0.32 registers that parser as "hermes" (vllm/tool_parsers/__init__.py).
+TOOL_CALL_PARSER = "hermes"
 
 
 def vllm_venv() -> Path:
@@ -113,14 +120,51 @@ def _processor_kwargs(settings: Settings) -> dict[str, Any]:
     }
 
 
+def generation_defaults_dir(settings: Settings, run_dir: Path = launcher.RUN_DIR) -> Path:
+    """Where :func:`write_generation_defaults` puts the config folder for the vLLM on ``settings.port``."""
+    return run_dir / f"vllm-config-{settings.port}"
+
+
+def write_generation_defaults(settings: Settings, model_dir: Path, folder: Path) -> Path:
+    """The model's ``config.json`` and ``generation_config.json`` plus ``max_new_tokens``, in ``folder``.
+
+    Why a folder of its own: in vLLM 0.32 a ``max_new_tokens`` given through
+    ``--override-generation-config`` is a hard cap. The OpenAI server takes
+    ``min(room left in the context, the request's max_tokens, that override)``
+    (``entrypoints/serve/utils/api_utils.py:get_max_tokens``; the override is
+    ``override_max_tokens`` in ``entrypoints/openai/chat_completion/serving.py``),
+    so a request for 1,024 tokens would silently get 512. A ``max_new_tokens``
+    in the generation_config.json that vLLM loads itself (``--generation-config
+    auto``, the default) is only the value for a request that leaves
+    ``max_tokens`` out (``ModelConfig.get_diff_sampling_param``; vLLM PR 34063,
+    "Treat generation_config max_tokens as default not ceiling"). vLLM reads that
+    file from ``--hf-config-path`` when given, else from the model folder; we
+    never edit the downloaded model, so the copy lives here. Everything else in
+    both files is the model's own.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    (folder / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    source = model_dir / "generation_config.json"
+    generation = json.loads(source.read_text(encoding="utf-8")) if source.is_file() else {}
+    generation["max_new_tokens"] = settings.default_max_new_tokens
+    (folder / "generation_config.json").write_text(json.dumps(generation, indent=2), encoding="utf-8")
+    return folder
+
+
 def vllm_command(
     settings: Settings,
     python: Path | str,
     model_dir: Path | None = None,
     cpu: bool | None = None,
     extra_args: Sequence[str] = (),
+    run_dir: Path = launcher.RUN_DIR,
 ) -> list[str]:
-    """The vLLM server command line for ``settings`` (see the module docstring for the mapping)."""
+    """The vLLM server command line for ``settings`` (see the module docstring for the mapping).
+
+    Its ``--hf-config-path`` folder is written by :func:`write_generation_defaults`
+    (``start_vllm`` and ``--print-only`` do that).
+    """
     cpu = is_cpu_build(settings) if cpu is None else cpu
     model_dir = model_dir or settings.resolve_model_path()
     longest = max_position_embeddings(model_dir)
@@ -150,10 +194,14 @@ def vllm_command(
         json.dumps(_processor_kwargs(settings)),
         "--media-io-kwargs",
         json.dumps({"video": {"num_frames": settings.video_max_frames}}),
+        # Only sampling defaults here: a max_new_tokens here would cap every request.
         "--override-generation-config",
-        json.dumps(
-            {"presence_penalty": settings.presence_penalty, "max_new_tokens": settings.default_max_new_tokens}
-        ),
+        json.dumps({"presence_penalty": settings.presence_penalty}),
+        "--hf-config-path",
+        str(generation_defaults_dir(settings, run_dir)),
+        "--enable-auto-tool-choice",
+        "--tool-call-parser",
+        TOOL_CALL_PARSER,
     ]
     if settings.api_key:
         command += ["--api-key", settings.api_key]
@@ -199,7 +247,9 @@ def start_vllm(
         settings = settings.replace(port=port)
     python = vllm_python(venv)
     cpu = is_cpu_build(settings)
-    command = vllm_command(settings, python, cpu=cpu, extra_args=extra_args)
+    model_dir = settings.resolve_model_path()
+    write_generation_defaults(settings, model_dir, generation_defaults_dir(settings, run_dir))
+    command = vllm_command(settings, python, model_dir, cpu=cpu, extra_args=extra_args, run_dir=run_dir)
     env = vllm_env(settings, cpu)
     if verbose:
         print(printable(command, env), flush=True)
@@ -248,6 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.print_only:
         cpu = is_cpu_build(settings)
         env = vllm_env(settings, cpu)
+        write_generation_defaults(settings, model_dir, generation_defaults_dir(settings))
         print(printable(vllm_command(settings, python, model_dir, cpu, extra), env))
         return 0
     server = start_vllm(settings, extra_args=extra, timeout=args.timeout, venv=args.venv)

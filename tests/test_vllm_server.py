@@ -59,10 +59,10 @@ def test_the_command_carries_every_serving_setting(model_dir, tmp_path):
     assert kwargs["images_kwargs"]["max_pixels"] == 512 * 1024
     assert kwargs["videos_kwargs"]["fps"] == 1.5
     assert kwargs["videos_kwargs"]["max_video_tokens"] * 1024 == chosen.video_max_pixels
-    assert json.loads(flag(command, "--override-generation-config")) == {
-        "presence_penalty": 0.5,
-        "max_new_tokens": chosen.default_max_new_tokens,
-    }
+    # Sampling defaults only: a max_new_tokens there would cap every request (see test_vllm_defaults.py).
+    assert json.loads(flag(command, "--override-generation-config")) == {"presence_penalty": 0.5}
+    assert flag(command, "--hf-config-path").endswith("vllm-config-7000")
+    assert "--enable-auto-tool-choice" in command and flag(command, "--tool-call-parser") == "hermes"
     assert flag(command, "--dtype") == "float32" and "--enforce-eager" in command
 
 
