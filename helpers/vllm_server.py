@@ -33,7 +33,9 @@ Which ``Settings`` become which vLLM flags (:func:`vllm_command`):
   request that leaves ``max_tokens`` out gets, shrunk to fit the context, as with our server;
   a request that asks for more gets more
 - ``--enable-auto-tool-choice --tool-call-parser hermes``: ``tools`` with ``tool_choice`` auto
-  (the default when tools are sent), as our server accepts them
+  (the default when tools are sent), as our server accepts them; ``--tool-strict-level
+  parameter`` and compact JSON (``disable_any_whitespace``): forced calls and ``response_format``
+  constrained as ours are
 - dtype ``auto`` -> ``float32`` on the CPU build (as our engine does), else the model's own
 """
 
@@ -202,6 +204,15 @@ def vllm_command(
         "--enable-auto-tool-choice",
         "--tool-call-parser",
         TOOL_CALL_PARSER,
+        # As our server: a forced call's arguments follow the tool's parameter schema even
+        # without "strict": true (vLLM's default "auto" leaves them free JSON).
+        "--tool-strict-level",
+        "parameter",
+        # As our server's response_format: compact JSON, by xgrammar (the library ours uses; vLLM
+        # allows this option only with a backend named). Free whitespace lets a model (random
+        # weights at once) fill max_tokens with blanks inside "{ ... }".
+        "--structured-outputs-config",
+        json.dumps({"backend": "xgrammar", "disable_any_whitespace": True}),
     ]
     if settings.api_key:
         command += ["--api-key", settings.api_key]
