@@ -7,8 +7,13 @@ DEMO_ENV := QWEN3VL_MODEL=demo HF_HUB_OFFLINE=1 QWEN3VL_OFFLINE=1 TOKENIZERS_PAR
 # Notebook 07 needs vLLM (its own environment): `make test-vllm` runs it, `make test` does not.
 VLLM_NOTEBOOKS := $(wildcard notebooks/07_*.ipynb)
 NOTEBOOKS := $(filter-out $(VLLM_NOTEBOOKS),$(wildcard notebooks/[0-9][0-9]_*.ipynb))
-# vLLM pins its own torch, so it lives in its own venv (helpers/vllm_setup.py).
-VLLM_VENV ?= .venv-vllm
+# vLLM pins its own torch, so it lives in its own venv (helpers/vllm_setup.py). Empty: chosen
+# there ($$QWEN3VL_VLLM_VENV, else /root/autodl-tmp/venv-vllm on AutoDL, else .venv-vllm).
+VLLM_VENV ?=
+# auto: the CUDA build when nvidia-smi finds a GPU, else the CPU build (cuda in AutoDL's no-GPU mode).
+VLLM_BUILD ?= auto
+# auto: the CUDA build the driver runs (cu130 for drivers >= 580, else cu129).
+VLLM_CUDA ?= auto
 # vLLM reports usage statistics unless told not to; nothing here connects outside the machine.
 VLLM_QUIET := VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1
 BENCH_ARGS ?=
@@ -24,7 +29,8 @@ help:
 	@echo "make test      pytest over tests/ and nbval over notebooks/ (demo model, offline)"
 	@echo "make serve     start the API server (QWEN3VL_MODEL=demo make serve without a GPU)"
 	@echo "make bench     measure the server (demo model unless QWEN3VL_MODEL is set; BENCH_ARGS=...)"
-	@echo "make vllm-setup  install vLLM into its own venv $(VLLM_VENV) (CUDA build with a GPU, else CPU)"
+	@echo "make vllm-setup  install vLLM into its own venv (VLLM_BUILD=auto|cuda|cpu, VLLM_CUDA=auto|cu130|cu129,"
+	@echo "                 VLLM_VENV=dir; default: AutoDL's data disk, else .venv-vllm); run again to check it"
 	@echo "make serve-vllm  serve the same model with vLLM, from the same QWEN3VL_* settings"
 	@echo "make test-vllm   the client contract + greedy parity against vLLM, and notebook 07"
 	@echo "make bench-vllm  the same load on our server and on vLLM: req/s, p50/p99 at 1/4/8/16"
@@ -85,7 +91,8 @@ bench:
 	$(PYTHON) -m helpers.bench $(BENCH_ARGS)
 
 vllm-setup:
-	$(VLLM_QUIET) $(PYTHON) -m helpers.vllm_setup --venv $(VLLM_VENV)
+	$(VLLM_QUIET) $(PYTHON) -m helpers.vllm_setup $(if $(VLLM_VENV),--venv $(VLLM_VENV)) \
+		--build $(VLLM_BUILD) --cuda $(VLLM_CUDA)
 
 serve-vllm:
 	$(VLLM_QUIET) QWEN3VL_VLLM_VENV=$(VLLM_VENV) $(PYTHON) -m helpers.vllm_server

@@ -107,6 +107,7 @@ from PIL import Image
 
 from helpers.assets import CAT_PHOTO_PATH, IMAGES_DIR, MOVING_CLIP_PATH
 from helpers.chat_ui import data_uri
+from helpers.client import http_session
 from helpers.config import Settings
 from helpers.costs import GpuMemoryStatus, MemoryProbe, NotEnoughGPUMemory, gpu_memory_status
 from helpers.display import display_width, pad_to_width
@@ -316,7 +317,7 @@ def health_while_generating(
         try:
             body = chat_body(messages, max_tokens, stream=True, **extra)
             with (
-                requests.Session() as stream_session,
+                http_session(base_url) as stream_session,
                 _check(
                     stream_session.post(
                         f"{base_url}/v1/chat/completions",
@@ -339,7 +340,7 @@ def health_while_generating(
 
     thread = threading.Thread(target=reader, name="bench-long-stream", daemon=True)
     thread.start()
-    with requests.Session() as session:
+    with http_session(base_url) as session:
         first.wait(timeout)
         if failure:
             raise RuntimeError(f"the long generation failed: {failure[0]}")
@@ -425,7 +426,7 @@ def concurrency_run(
 
     def one(index: int) -> RequestRecord:
         if not hasattr(local, "session"):
-            local.session = requests.Session()
+            local.session = http_session(base_url)
             local.session.headers.update(headers or {})
         began = time.perf_counter() - start
         body = http_chat(local.session, base_url, messages, max_tokens, timeout=timeout, **extra)
@@ -793,7 +794,7 @@ def run_bench(
                 base_url = server.base_url
             engine = loading.result()
         _log(verbose, f"模型已在本进程加载（{engine.device}），服务在 {base_url}")
-        http = requests.Session()  # one keep-alive connection, as a real client would use
+        http = http_session(base_url)  # one keep-alive connection, as a real client would use
         text = text_messages()
         prompt_tokens = engine.prepare(text).prompt_tokens
 

@@ -25,11 +25,11 @@ import subprocess
 import sys
 import time
 import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from helpers.client import urlopen
 from helpers.config import Settings
 from helpers.costs import MemoryProbe, check_gpu_memory, nvidia_smi_probe
 
@@ -81,9 +81,9 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def health(base_url: str, timeout: float = 2.0) -> tuple[int, dict]:
-    """(status code, body) of ``GET /health``; (0, {}) when nothing answers."""
+    """(status code, body) of ``GET /health``; (0, {}) when nothing answers. No proxy on loopback."""
     try:
-        with urllib.request.urlopen(f"{base_url}/health", timeout=timeout) as response:
+        with urlopen(f"{base_url}/health", timeout=timeout) as response:
             return response.status, json.loads(response.read() or b"{}")
     except urllib.error.HTTPError as exc:
         try:

