@@ -19,7 +19,7 @@ VLLM_QUIET := VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1
 BENCH_ARGS ?=
 
 .PHONY: help setup setup-dev check download demo test serve bench lab lint format clean \
-	vllm-setup serve-vllm test-vllm bench-vllm
+	vllm-setup serve-vllm test-vllm bench-vllm kernel
 
 help:
 	@echo "make setup     install requirements.txt (+ torch only if it is missing)"
@@ -34,7 +34,8 @@ help:
 	@echo "make serve-vllm  serve the same model with vLLM, from the same QWEN3VL_* settings"
 	@echo "make test-vllm   the client contract + greedy parity against vLLM, and notebook 07"
 	@echo "make bench-vllm  the same load on our server and on vLLM: req/s, p50/p99 at 1/4/8/16"
-	@echo "make lab       start JupyterLab on 127.0.0.1:8888"
+	@echo "make lab       start JupyterLab on 127.0.0.1:8888 (not for AutoDL: use its own JupyterLab)"
+	@echo "make kernel    register this Python as the Jupyter kernel \"Python (qwen3vl)\" (for a venv)"
 	@echo "make lint      ruff check + ruff format --check"
 	@echo "make clean     remove caches, executed notebooks and results"
 
@@ -48,7 +49,10 @@ setup:
 		echo "torch/torchvision not importable: installing torch==2.14.1 torchvision==0.29.1"; \
 		$(PIP) install torch==2.14.1 torchvision==0.29.1; \
 	fi
-	$(PIP) install -q -r requirements.txt
+	@# A JupyterLab that already works (AutoDL's, serving your page) is kept, like torch:
+	@# helpers/setup_plan.py leaves its line out unless it is missing or older than 3.0.
+	$(PYTHON) -m helpers.setup_plan requirements.txt build/requirements-setup.txt
+	$(PIP) install -q -r build/requirements-setup.txt
 	$(PIP) install -q --no-deps -e .
 
 # The browser tests (tests/test_webui.py) drive Debian's chromium through Playwright
@@ -108,8 +112,15 @@ test-vllm: setup-dev vllm-setup
 bench-vllm: vllm-setup
 	$(VLLM_QUIET) QWEN3VL_VLLM_VENV=$(VLLM_VENV) $(PYTHON) -m helpers.bench --compare vllm $(BENCH_ARGS)
 
+# Only reachable from this machine (or through an SSH tunnel). On AutoDL open the
+# notebooks in the JupyterLab the instance already runs: port 8888 is not forwarded.
 lab:
 	$(PYTHON) -m jupyterlab --ip 127.0.0.1 --port 8888 --notebook-dir notebooks
+
+# A venv is not the environment AutoDL's JupyterLab runs kernels in: register it as a
+# kernel, then pick "Python (qwen3vl)" in JupyterLab (Kernel -> Change Kernel).
+kernel:
+	$(PYTHON) -m ipykernel install --user --name qwen3vl --display-name "Python (qwen3vl)"
 
 lint:
 	$(PYTHON) -m ruff check .

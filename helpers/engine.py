@@ -470,6 +470,18 @@ class EngineClosed(RuntimeError):
     """The engine was closed with :meth:`Engine.close`."""
 
 
+def loading_message(model: str, path: Path, device: str, dtype: torch.dtype) -> str:
+    """What is about to load and how big it is, printed before transformers' shard bar."""
+    from helpers.costs import format_bytes
+
+    weights = sum(p.stat().st_size for p in Path(path).glob("*.safetensors"))
+    kind = str(dtype).removeprefix("torch.")
+    return (
+        f"⏳ 正在加载 {model}：权重文件 {format_bytes(weights)}（{path}）→ {device}，{kind}。"
+        "真实的 4B 模型要几十秒，下面的进度条是 transformers 逐个读取权重分片"
+    )
+
+
 @dataclass
 class Engine:
     """A loaded model + processor and the settings that govern its inputs."""
@@ -501,6 +513,8 @@ class Engine:
             from helpers.costs import check_gpu_memory
 
             check_gpu_memory(settings)  # a clear message instead of an out-of-memory halfway through
+        if verbose:
+            print(loading_message(settings.model, path, device, dtype), flush=True)
         start = time.perf_counter()
         processor = AutoProcessor.from_pretrained(path)
         model = Qwen3VLForConditionalGeneration.from_pretrained(

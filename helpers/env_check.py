@@ -470,7 +470,7 @@ def check_disk(settings: Settings) -> CheckRow:
     free = free_disk_bytes(root)
     if settings.is_demo:
         model, folder = DEFAULT_MODEL, root / DEFAULT_MODEL
-        prefix = "演示模式，按下载 4B 计算："
+        prefix = "演示模式现在不需要下载；以后下载 4B 时："
     else:
         model, folder = settings.model, settings.model_dir()
         prefix = ""

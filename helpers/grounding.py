@@ -34,6 +34,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 __all__ = [
     "COORD_RANGE",
+    "DEMO_CAPTION",
+    "REFERENCE_CAPTION",
     "Detection",
     "draw_grounding",
     "grounding_prompt",
@@ -278,10 +280,13 @@ def draw_grounding(
     detections: Iterable[Detection],
     *,
     font: ImageFont.FreeTypeFont | ImageFont.ImageFont | None = None,
+    caption: str | None = None,
 ) -> Image.Image:
     """A copy of ``image`` with every box, point and label drawn on it (input left untouched).
 
     ``detections`` are in 0-1000 coordinates, as :func:`parse_grounding` returns them.
+    ``caption`` (e.g. :data:`DEMO_CAPTION`) is written on a bar above the picture,
+    so a saved or shared copy still says what the boxes are; the picture grows by that bar.
     Chinese labels need a CJK font: pass ``font``, or one is looked up on this machine
     (see ``helpers.assets.find_cjk_font``); without one they are drawn as ``#1``, ``#2``, ...
     in list order, with a warning.
@@ -322,7 +327,27 @@ def draw_grounding(
             # Without a CJK font Pillow draws empty boxes; a number still pairs the box with the answer.
             text = det.label if can_draw_cjk or not _has_cjk(det.label) else f"#{i + 1}"
             _draw_label(draw, text, anchor, colour, font, (width, height))
-    return canvas
+    return _with_caption(canvas, caption, font_size) if caption else canvas
+
+
+# Captions for pictures whose boxes are not a real model's detections (English: no CJK font needed).
+DEMO_CAPTION = "DEMO MODEL OUTPUT: random weights, these boxes are noise"
+REFERENCE_CAPTION = "REFERENCE ANSWER (not model output)"
+
+
+def _with_caption(canvas: Image.Image, caption: str, font_size: int) -> Image.Image:
+    """``canvas`` below a dark bar that carries ``caption``."""
+    font, can_draw = _label_font(font_size, _has_cjk(caption))
+    if not can_draw:
+        caption = caption.encode("ascii", "ignore").decode() or "?"
+    probe = ImageDraw.Draw(canvas)
+    left, top, _, bottom = probe.textbbox((0, 0), caption, font=font)
+    pad = max(4, font_size // 3)
+    bar = bottom - top + 2 * pad
+    framed = Image.new("RGB", (canvas.width, canvas.height + bar), (40, 40, 40))
+    framed.paste(canvas, (0, bar))
+    ImageDraw.Draw(framed).text((pad - left, pad - top), caption, font=font, fill=(255, 220, 0))
+    return framed
 
 
 def _draw_label(

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 import urllib.error
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -193,6 +193,7 @@ def start_process(
     timeout: float = 300.0,
     run_dir: Path = RUN_DIR,
     log_name: str = "server",
+    report: Callable[[str], None] | None = print,
 ) -> ServerProcess:
     """Start ``command`` (an HTTP server listening on ``host:port``) in the background; wait for ``/health``.
 
@@ -200,6 +201,7 @@ def start_process(
     ``vllm.entrypoints.openai.api_server``): it is written to the pid file so a
     later start on the same port stops a leftover only if it is still that program.
     ``env`` is added to this process's environment. The log is ``<run_dir>/<log_name>-<port>.log``.
+    ``report`` receives the progress lines printed while waiting (None: silent).
     """
     if marker not in " ".join(command) or any(c.isspace() for c in marker):
         raise ValueError(f"marker {marker!r} must be one word of the command line")
@@ -230,17 +232,29 @@ def start_process(
     pid_path.write_text(f"{process.pid}\n" if marker == SERVER_MARKER else f"{process.pid} {marker}\n")
     server = ServerProcess(process.pid, host, port, log_path, pid_path, process)
     try:
-        wait_for_server(server, timeout)
+        wait_for_server(server, timeout, report=report)
     except BaseException:
         stop_server(server)
         raise
     return server
 
 
-def wait_for_server(server: ServerProcess, timeout: float = 300.0) -> dict:
-    """Poll ``/health`` until it answers 200; raise with the log tail if the process dies or times out."""
-    deadline = time.monotonic() + timeout
+def wait_for_server(
+    server: ServerProcess,
+    timeout: float = 300.0,
+    report: Callable[[str], None] | None = print,
+    every: float = 10.0,
+) -> dict:
+    """Poll ``/health`` until it answers 200; raise with the log tail if the process dies or times out.
+
+    While waiting, ``report`` gets a line at the start and then every ``every``
+    seconds: elapsed time, what we wait for, the last log line and where the log
+    is (a real model loads for a minute or more; vLLM for several). None: silent.
+    """
+    started = time.monotonic()
+    deadline = started + timeout
     pause = 0.1
+    next_report = started
     while True:
         if server.process is not None and server.process.poll() is not None:
             raise RuntimeError(
@@ -248,18 +262,35 @@ def wait_for_server(server: ServerProcess, timeout: float = 300.0) -> dict:
                 f"--- last lines of {server.log_path} ---\n{server.log_tail()}"
             )
         status, body = health(server.base_url)
+        now = time.monotonic()
         if status == 200:
+            if report is not None and now - started >= every:
+                report(f"✅ 服务已就绪：{server.base_url}（等了 {now - started:.0f} s）")
             return body
         if status == 503 and body.get("status") == "error":
             error = body.get("error")
             raise RuntimeError(f"the server could not load the model: {error}\n{server.log_tail()}")
-        if time.monotonic() > deadline:
+        if now > deadline:
             raise RuntimeError(
                 f"the server was not ready after {timeout:.0f} s.\n"
                 f"--- last lines of {server.log_path} ---\n{server.log_tail()}"
             )
+        if report is not None and now >= next_report:
+            report(progress_line(server, now - started, status, body))
+            next_report = now + every
         time.sleep(pause)
         pause = min(pause * 1.5, 1.0)  # a real model loads for a minute: do not flood its log
+
+
+def progress_line(server: ServerProcess, elapsed: float, status: int, body: dict) -> str:
+    """One line for a learner watching a start-up: how long, what we wait for, the log's last line."""
+    answer = "还没有响应" if status == 0 else f"{status} {body.get('status', '')}".strip()
+    last = next((line for line in reversed(server.log_tail(5).splitlines()) if line.strip()), "")
+    last = f"；日志最后一行：{last.strip()[:120]}" if last and last != "(no log yet)" else ""
+    return (
+        f"⏳ 已等 {elapsed:.0f} s：等待 {server.base_url}/health 返回 200（现在：{answer}）"
+        f"；日志 {server.log_path}{last}"
+    )
 
 
 def stop_server(server: ServerProcess | int, grace: float = 10.0) -> None:

@@ -36,6 +36,8 @@ import requests
 from helpers.assets import CAT_PHOTO_PATH, IMAGES_DIR
 from helpers.chat_ui import data_uri
 from helpers.client import auth_headers, base_url, http_session
+from helpers.config import DEMO_MODEL
+from helpers.display import banner
 
 TIMEOUT = 300
 
@@ -66,13 +68,14 @@ def _chat(
     headers = {"Content-Type": "application/json", **auth_headers(key)}
     with http_session(url) as http:  # the original used requests.post; this one ignores a proxy on loopback
         response = http.post(f"{url}/v1/chat/completions", json=payload, headers=headers, timeout=TIMEOUT)
-    return _report(name, response)
+    return _report(name, response, demo=model == DEMO_MODEL)
 
 
-def _report(name: str, response: requests.Response) -> bool:
+def _report(name: str, response: requests.Response, demo: bool = False) -> bool:
     if response.status_code == 200:
         result = response.json()
         print(f"✅ {name}测试成功")
+        print(banner(demo))  # the answer below is model output (noise from the demo model)
         print(f"回复: {answer_text(result)}")
         print(f"Token使用: {result['usage']}")
         return True
