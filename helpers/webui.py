@@ -27,6 +27,17 @@ How uploads stay bounded:
   name from a fixed list) are ever read: nothing typed in the browser is used
   as a path.
 
+How the page behaves while it works (tests/test_webui.py checks each in Chromium):
+
+- The chat fills the window (``fill_height``; stacked columns on a phone get a CSS height).
+- The stop button is enabled only while an answer is generated for the tab.
+- The status line refreshes on load, when an answer starts and ends, and every ``STATUS_EVERY_S``.
+- Nothing sent early is dropped: Gradio waits for an upload before it sends the
+  question (``PAGE_JS`` says so under the box meanwhile), and a question sent
+  while an answer streams is queued in the tab's :class:`ChatSession`, shown as
+  such, and answered next. :meth:`Turn.display` builds each turn's messages
+  from its state and the streamed deltas (:meth:`Turn.add`).
+
 When an API key is set, the page asks for it (Gradio's login: any non-empty
 user name, the key as password); the key itself stays on the server side.
 """
@@ -358,6 +369,7 @@ class ChatSession:
     folder: Path
     turns: list[Turn] = field(default_factory=list)
     busy: bool = False  # an answer loop runs for this tab (see ``answer`` in build_page)
+    run: int = 0  # which loop may run: stop() moves it on, and an older loop ends at its next step
 
     def last_image(self) -> Path | None:
         for turn in reversed(self.turns):
@@ -372,10 +384,15 @@ class ChatSession:
         return next((t for t in self.turns if t.state == QUEUED), None)
 
     def stop(self) -> None:
-        """End the answer in progress (keeping what arrived) and every queued question."""
+        """End the answer in progress (keeping what arrived) and every queued question.
+
+        The next question starts a new loop at once, even before the old one noticed.
+        """
         for turn in self.turns:
             if turn.state in (QUEUED, ANSWERING):
                 turn.state = STOPPED
+        self.run += 1
+        self.busy = False
 
     def display(self) -> list[dict[str, Any]]:
         """The chat's messages: every turn's, in order."""
@@ -558,13 +575,14 @@ def build_page(config: PageConfig) -> gr.Blocks:
         if session is None or session.busy or session.next_queued() is None:
             return
         session.busy = True
+        run = session.run
         keep = gr.update()
 
         def shown(overlay: Any = keep, stop: Any = keep, status: tuple[Any, Any] = (keep, keep)):
             return session.display(), overlay, stop, *status
 
         try:
-            while (turn := session.next_queued()) is not None:
+            while session.run == run and (turn := session.next_queued()) is not None:
                 turn.state = ANSWERING
                 yield shown(stop=stop_button(True))
                 try:
@@ -587,10 +605,12 @@ def build_page(config: PageConfig) -> gr.Blocks:
                     drawn = grounding_overlay(turn.answer, session.last_image())
                     yield shown(overlay=gr.update(value=drawn, visible=drawn is not None))
         except BaseException:  # cancelled: the stop button, 清空对话 or a closed tab
-            session.stop()
+            if session.run == run:
+                session.stop()
             raise
         finally:
-            session.busy = False
+            if session.run == run:
+                session.busy = False
 
     async def after_answer(session: ChatSession | None):
         """The stop button and the status line once an answer (or its call) ended."""
