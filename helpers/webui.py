@@ -27,6 +27,17 @@ How uploads stay bounded:
   name from a fixed list) are ever read: nothing typed in the browser is used
   as a path.
 
+How the page behaves while it works (tests/test_webui.py checks each in Chromium):
+
+- The chat fills the window (``fill_height``; stacked columns on a phone get a CSS height).
+- The stop button is enabled only while an answer is generated for the tab.
+- The status line refreshes on load, when an answer starts and ends, and every ``STATUS_EVERY_S``.
+- Nothing sent early is dropped: Gradio waits for an upload before it sends the
+  question (``PAGE_JS`` says so under the box meanwhile), and a question sent
+  while an answer streams is queued in the tab's :class:`ChatSession`, shown as
+  such, and answered next. :meth:`Turn.display` builds each turn's messages
+  from its state and the streamed deltas (:meth:`Turn.add`).
+
 When an API key is set, the page asks for it (Gradio's login: any non-empty
 user name, the key as password); the key itself stays on the server side.
 """
@@ -161,8 +172,10 @@ class ApiClient:
             self._model = str(data[0]["id"])
         return self._model
 
-    async def stream_chat(self, messages: list[dict[str, Any]], **params: Any) -> AsyncIterator[str]:
-        """The answer's pieces as the server sends them; :class:`UiError` with its message on failure.
+    async def stream_chat(
+        self, messages: list[dict[str, Any]], **params: Any
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The answer's deltas (``choices[0].delta``) as the server sends them; :class:`UiError` on failure.
 
         Leaving the loop early (the stop button) closes the connection, and the
         server stops generating.
@@ -188,9 +201,8 @@ class ApiClient:
                     if "error" in chunk:  # an error after the stream began (OpenAI style)
                         raise UiError(error_message(0, data))
                     for choice in chunk.get("choices") or []:
-                        piece = (choice.get("delta") or {}).get("content")
-                        if piece:
-                            yield piece
+                        if choice.get("delta"):
+                            yield choice["delta"]
         except httpx.HTTPError as exc:
             raise UiError(f"无法连接服务器 {self.base_url}（{type(exc).__name__}: {exc}）") from None
 
@@ -296,42 +308,120 @@ def grounding_overlay(answer: str, image_path: Path | None) -> Image.Image | Non
 
 
 # -------------------------------------------------------------------- session
+# What a turn is doing; the page shows each state (nothing is dropped without a word).
+QUEUED = "queued"  # sent while another answer streamed: answered next, in order
+ANSWERING = "answering"  # its answer is streaming now
+DONE = "done"  # answered
+STOPPED = "stopped"  # the stop button (or 清空对话) ended it; what arrived is kept
+FAILED = "failed"  # the server refused or could not be reached; ``note`` says why
+REFUSED = "refused"  # never sent: the page found something wrong first; ``note`` says what
+
+QUEUED_NOTE = "排队中：上一条回答结束后自动发送（点「停止」取消）"
+
+
 @dataclass
 class Turn:
+    """One question and its answer as it streams: the one place a turn's display is built from."""
+
     text: str
     files: list[Path]
-    answer: str | None = None  # None until the answer arrived (or was stopped)
+    params: dict[str, Any] = field(default_factory=dict)  # sampling as set when it was sent
+    state: str = QUEUED
+    answer: str = ""
+    note: str = ""  # why there is no (complete) answer
+
+    def add(self, delta: dict[str, Any]) -> None:
+        """Take one streamed delta (an OpenAI ``choices[].delta``) into the turn."""
+        self.answer += delta.get("content") or ""
+
+    def in_history(self) -> bool:
+        """Whether the model sees this turn in later requests (answered, or stopped after some text)."""
+        return self.state == DONE or (self.state == STOPPED and bool(self.answer))
+
+    def question_message(self) -> dict[str, Any]:
+        content: list[Any] = [{"path": str(p)} for p in self.files]
+        return {"role": "user", "content": [*content, self.text] if content else self.text or "（空）"}
+
+    def answer_message(self) -> dict[str, Any] | None:
+        """What the assistant's bubble shows in this state; None: no bubble yet."""
+        if self.state == QUEUED:
+            text = QUEUED_NOTE
+        elif self.state == ANSWERING:
+            text = self.answer
+        elif self.state == DONE:
+            text = self.answer or "（空回答）"
+        elif self.state == STOPPED:
+            text = f"{self.answer}\n\n（已停止）" if self.answer else "（已停止，这个问题没有回答）"
+        else:  # FAILED, REFUSED
+            text = f"⚠️ 出错了：{self.note}"
+        return {"role": "assistant", "content": text}
+
+    def display(self) -> list[dict[str, Any]]:
+        """The chat messages that show this turn: the question with its files, then the answer so far."""
+        answer = self.answer_message()
+        return [self.question_message()] + ([answer] if answer else [])
 
 
 @dataclass
 class ChatSession:
-    """One browser tab's conversation: turns for the model, messages for the screen, its own folder."""
+    """One browser tab's conversation: its turns, in order, and its own folder for uploads."""
 
     folder: Path
     turns: list[Turn] = field(default_factory=list)
-    display: list[dict[str, Any]] = field(default_factory=list)
+    busy: bool = False  # an answer loop runs for this tab (see ``answer`` in build_page)
+    run: int = 0  # which loop may run: stop() moves it on, and an older loop ends at its next step
 
     def last_image(self) -> Path | None:
         for turn in reversed(self.turns):
+            if not turn.in_history():
+                continue
             for path in reversed(turn.files):
                 if media_kind(path) == "image":
                     return path
         return None
 
-    def messages(self) -> list[dict[str, Any]]:
-        """The conversation in OpenAI format (files as data: URIs), ending with the open question."""
+    def next_queued(self) -> Turn | None:
+        return next((t for t in self.turns if t.state == QUEUED), None)
+
+    def stop(self) -> None:
+        """End the answer in progress (keeping what arrived) and every queued question.
+
+        The next question starts a new loop at once, even before the old one noticed.
+        """
+        for turn in self.turns:
+            if turn.state in (QUEUED, ANSWERING):
+                turn.state = STOPPED
+        self.run += 1
+        self.busy = False
+
+    def display(self) -> list[dict[str, Any]]:
+        """The chat's messages: every turn's, in order."""
         out: list[dict[str, Any]] = []
         for turn in self.turns:
+            if turn.state == QUEUED and not self.busy:  # about to be answered, not waiting behind one
+                out.append(turn.question_message())
+            else:
+                out.extend(turn.display())
+        return out
+
+    def messages(self, question: Turn) -> list[dict[str, Any]]:
+        """The conversation so far in OpenAI format (files as data: URIs), ending with ``question``."""
+        out: list[dict[str, Any]] = []
+        for turn in self.turns:
+            if turn is not question and not turn.in_history():
+                continue
             if turn.files:
                 parts = [media_part(p) for p in turn.files] + [{"type": "text", "text": turn.text}]
                 out.append({"role": "user", "content": parts})
             else:
                 out.append({"role": "user", "content": turn.text})
-            if turn.answer is not None:
-                out.append({"role": "assistant", "content": turn.answer})
+            if turn is question:
+                break
+            out.append({"role": "assistant", "content": turn.answer})
         return out
 
     def close(self) -> None:
+        self.stop()
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
@@ -362,8 +452,57 @@ class PageConfig:
         }
 
 
+STATUS_EVERY_S = 5.0  # the status line also refreshes on its own while the tab is open
+
+# The page's own look: the chat takes the window's height (fill_height does the rest).
+PAGE_CSS = """
+#upload-wait { color: var(--body-text-color); background: var(--color-accent-soft);
+               border-radius: var(--radius-md); padding: 6px 10px; font-size: var(--text-md); }
+#stop { transition: none; }
+#stop:disabled { cursor: not-allowed; }
+@media (max-width: 720px) {  /* a phone: the columns stack, so the window's height is set here */
+  #chat { height: max(300px, calc(100dvh - 230px)) !important; }
+}
+"""
+
+# Runs once in the browser. Gradio itself waits for an upload to finish before it sends a
+# question; this only says so, next to the box, while it waits.
+PAGE_JS = """
+() => {
+  const note = "图片/视频还在上传，上传完成后自动发送这个问题 … (waiting for the upload)";
+  const uploading = () => document.querySelector("#question .loader") !== null;
+  function show() {
+    const box = document.querySelector("#question");
+    if (!box || !uploading()) return;
+    let el = document.querySelector("#upload-wait");
+    if (!el) {
+      el = document.createElement("div");
+      el.id = "upload-wait";
+      el.setAttribute("role", "status");
+      box.insertAdjacentElement("afterend", el);
+    }
+    el.textContent = note;
+    const done = new MutationObserver(() => {
+      if (!uploading()) { el.remove(); done.disconnect(); }
+    });
+    done.observe(box, {subtree: true, childList: true});
+  }
+  document.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && !e.shiftKey && e.target.closest && e.target.closest("#question")) show();
+  }, true);
+  document.addEventListener("click", (e) => {
+    if (e.target.closest && e.target.closest("#question [data-testid='submit-button']")) show();
+  }, true);
+}
+"""
+
+
 def build_page(config: PageConfig) -> gr.Blocks:
-    """The Gradio page: chat, upload or pick media, sliders, stop button, status, grounding picture."""
+    """The Gradio page: chat, upload or pick media, sliders, stop button, status, grounding picture.
+
+    A question sent while an answer streams is queued (shown as such) and
+    answered next; the stop button ends the answer and every queued question.
+    """
     import gradio as gr
 
     client = ApiClient(config.base_url, config.api_key)
@@ -376,14 +515,32 @@ def build_page(config: PageConfig) -> gr.Blocks:
         folder.mkdir(parents=True)
         return ChatSession(folder)
 
+    def stop_button(active: bool) -> Any:
+        """The stop button: red and clickable only while an answer is generated for this tab."""
+        return gr.update(interactive=active, variant="stop" if active else "secondary")
+
     async def refresh_status() -> tuple[str, Any]:
         status, body = await client.health()
         demo = bool(body.get("demo"))
         return status_line(status, body, config.base_url), gr.update(visible=demo)
 
-    def add_question(message: dict | None, picked: str, session: ChatSession | None):
-        """Check the question and its files, keep copies in the session folder, show it."""
+    async def add_question(
+        message: dict | None,
+        picked: str,
+        session: ChatSession | None,
+        temperature: float,
+        top_p: float,
+        max_tokens: float,
+        presence_penalty: float,
+    ):
+        """Check the question and its files, keep copies in the session folder, show it (queued)."""
         session = session or new_session()
+        params = {
+            "temperature": float(temperature),
+            "top_p": float(top_p),
+            "max_tokens": int(max_tokens),
+            "presence_penalty": float(presence_penalty),
+        }
         text = ((message or {}).get("text") or "").strip()
         uploads = [Path(f if isinstance(f, str) else f["path"]) for f in (message or {}).get("files") or []]
         try:
@@ -398,71 +555,99 @@ def build_page(config: PageConfig) -> gr.Blocks:
                     raise UiError(f"没有示例文件 {picked}")
                 files.append(assets[picked])
             check_media(files, config.limits)
-        except UiError as exc:
-            session.display.append({"role": "user", "content": text or "（空）"})
-            session.display.append(error_bubble(str(exc)))
-            return gr.update(value=None), session.display, session, gr.update()
+        except UiError as exc:  # not sent: say why, and leave the question in the box to fix it
+            session.turns.append(Turn(text, [], state=REFUSED, note=str(exc)))
+            return gr.update(), session.display(), session, gr.update()
         kept = []
         for path in files:
             copy = session.folder / f"{uuid.uuid4().hex[:8]}{path.suffix.lower()}"
             shutil.copyfile(path, copy)
             kept.append(copy)
-        session.turns.append(Turn(text, kept))
-        content: list[Any] = [{"path": str(p)} for p in kept]
-        session.display.append({"role": "user", "content": [*content, text] if content else text})
-        return gr.update(value=None), session.display, session, gr.update(value=NO_PICK)
+        session.turns.append(Turn(text, kept, params))
+        return gr.update(value=None), session.display(), session, gr.update(value=NO_PICK)
 
-    async def answer(session: ChatSession | None, temperature, top_p, max_tokens, presence_penalty):
-        """Stream the answer into the chat; draw grounding boxes when the answer has some."""
-        if session is None or not session.turns or session.turns[-1].answer is not None:
-            return  # the question was refused: its message is already shown
-        turn = session.turns[-1]
-        params = {
-            "temperature": float(temperature),
-            "top_p": float(top_p),
-            "max_tokens": int(max_tokens),
-            "presence_penalty": float(presence_penalty),
-        }
-        pieces: list[str] = []
-        session.display.append({"role": "assistant", "content": ""})
+    async def answer(session: ChatSession | None):
+        """Answer this tab's queued questions in order, streaming each into the chat.
+
+        One loop per tab: a question sent while it runs is picked up here, and
+        that question's own call returns at once.
+        """
+        if session is None or session.busy or session.next_queued() is None:
+            return
+        session.busy = True
+        run = session.run
+        keep = gr.update()
+
+        def shown(overlay: Any = keep, stop: Any = keep, status: tuple[Any, Any] = (keep, keep)):
+            return session.display(), overlay, stop, *status
+
         try:
-            messages = await asyncio.to_thread(session.messages)
-            async for piece in client.stream_chat(messages, **params):
-                pieces.append(piece)
-                session.display[-1] = {"role": "assistant", "content": "".join(pieces)}
-                yield session.display, gr.update()
-            turn.answer = "".join(pieces)
-            overlay = grounding_overlay(turn.answer, session.last_image())
-            if not turn.answer:
-                session.display[-1] = {"role": "assistant", "content": "（空回答）"}
-            yield session.display, gr.update(value=overlay, visible=overlay is not None)
-        except UiError as exc:
-            session.turns.pop()  # a failed turn is not part of the conversation
-            session.display[-1] = error_bubble(str(exc))
-            yield session.display, gr.update()
+            while session.run == run and (turn := session.next_queued()) is not None:
+                turn.state = ANSWERING
+                yield shown(stop=stop_button(True))
+                try:
+                    messages = await asyncio.to_thread(session.messages, turn)
+                    async with contextlib.aclosing(client.stream_chat(messages, **turn.params)) as deltas:
+                        async for delta in deltas:
+                            if turn.state != ANSWERING:  # stopped meanwhile: closing the stream ends it
+                                break
+                            started = not turn.answer
+                            turn.add(delta)
+                            # Once the server has it, the status line shows it running.
+                            yield shown(status=await refresh_status()) if started else shown()
+                except UiError as exc:
+                    if turn.state == ANSWERING:
+                        turn.state, turn.note = FAILED, str(exc)
+                        yield shown()
+                    continue
+                if turn.state == ANSWERING:
+                    turn.state = DONE
+                    drawn = grounding_overlay(turn.answer, session.last_image())
+                    yield shown(overlay=gr.update(value=drawn, visible=drawn is not None))
+        except BaseException:  # cancelled: the stop button, 清空对话 or a closed tab
+            if session.run == run:
+                session.stop()
+            raise
         finally:
-            if turn.answer is None and pieces and turn in session.turns:  # stopped: keep what arrived
-                turn.answer = "".join(pieces)
-            elif turn.answer is None and turn in session.turns:
-                session.turns.remove(turn)
+            if session.run == run:
+                session.busy = False
+
+    async def after_answer(session: ChatSession | None):
+        """The stop button and the status line once an answer (or its call) ended."""
+        line, banner = await refresh_status()
+        return stop_button(bool(session and session.busy)), line, banner
+
+    def stop_answers(session: ChatSession | None):
+        if session is None:
+            return [], stop_button(False)
+        session.stop()
+        return session.display(), stop_button(False)
 
     def clear(session: ChatSession | None):
         if session is not None:
             session.close()
-        return [], new_session(), gr.update(value=None, visible=False)
+        return [], new_session(), gr.update(value=None, visible=False), stop_button(False)
 
     def ask_grounding(message: dict | None):
         files = (message or {}).get("files") or []
         return {"text": grounding_prompt("所有物体", language="zh"), "files": files}
 
-    with gr.Blocks(title="Qwen3-VL 网页聊天", delete_cache=(600, 3600)) as page:
-        gr.Markdown("# Qwen3-VL 网页聊天")
+    with gr.Blocks(title="Qwen3-VL 网页聊天", fill_height=True, delete_cache=(600, 3600)) as page:
+        gr.Markdown("## Qwen3-VL 网页聊天", elem_id="title")
         status = gr.Markdown("⏳ 正在读取服务器状态 …", elem_id="status-line")
         banner = gr.Markdown(f"**{DEMO_BANNER}**", visible=False, elem_id="demo-banner")
         session = gr.State(None, delete_callback=lambda s: s and s.close(), time_to_live=24 * 3600)
-        with gr.Row():
+        timer = gr.Timer(STATUS_EVERY_S)
+        with gr.Row(scale=1, equal_height=False):
             with gr.Column(scale=3):
-                chatbot = gr.Chatbot(label="对话", height=460, elem_id="chat", feedback_options=None)
+                chatbot = gr.Chatbot(
+                    label="对话",
+                    scale=1,  # with fill_height: as tall as the window allows
+                    min_height=320,
+                    elem_id="chat",
+                    feedback_options=None,
+                    placeholder="在下面输入问题，可以附上图片或视频。",
+                )
                 question = gr.MultimodalTextbox(
                     placeholder="输入问题，可附上图片或视频，回车发送",
                     file_types=["image", "video"],
@@ -472,11 +657,12 @@ def build_page(config: PageConfig) -> gr.Blocks:
                     elem_id="question",
                 )
                 with gr.Row():
-                    stop = gr.Button("⏹ 停止", variant="stop", elem_id="stop")
-                    reset = gr.Button("🗑 清空对话", elem_id="clear")
-                    grounding = gr.Button("🎯 定位提示", elem_id="grounding-prompt")
-                    refresh = gr.Button("🔄 刷新状态", elem_id="refresh")
-            with gr.Column(scale=1):
+                    small = {"size": "md", "min_width": 60}
+                    stop = gr.Button("停止", variant="secondary", interactive=False, elem_id="stop", **small)
+                    reset = gr.Button("清空对话", elem_id="clear", **small)
+                    grounding = gr.Button("定位提示", elem_id="grounding-prompt", **small)
+                    refresh = gr.Button("刷新状态", elem_id="refresh", **small)
+            with gr.Column(scale=1, min_width=260):
                 picked = gr.Dropdown(
                     [NO_PICK, *assets], value=NO_PICK, label="或选一个示例文件（images/）", elem_id="pick"
                 )
@@ -496,26 +682,30 @@ def build_page(config: PageConfig) -> gr.Blocks:
                         -2, 2, config.default_presence_penalty, step=0.1, label="presence_penalty"
                     )
 
-        page.load(refresh_status, None, [status, banner])
-        refresh.click(refresh_status, None, [status, banner])
+        quiet = {"queue": False, "show_progress": "hidden"}
+        page.load(refresh_status, None, [status, banner], **quiet)
+        timer.tick(refresh_status, None, [status, banner], **quiet)
+        refresh.click(refresh_status, None, [status, banner], queue=False)
         asked = question.submit(
-            add_question, [question, picked, session], [question, chatbot, session, picked], queue=False
+            add_question,
+            [question, picked, session, temperature, top_p, max_tokens, presence],
+            [question, chatbot, session, picked],
+            queue=False,
+            show_progress="hidden",  # while Gradio waits for an upload, PAGE_JS says so instead
         )
         answering = asked.then(
             answer,
-            [session, temperature, top_p, max_tokens, presence],
-            [chatbot, overlay],
+            session,
+            [chatbot, overlay, stop, status, banner],
             concurrency_limit=config.concurrency,
+            show_progress="hidden",
         )
-        answering.then(refresh_status, None, [status, banner])
-        stop.click(None, None, None, cancels=[answering])
-        reset.click(clear, session, [chatbot, session, overlay], cancels=[answering])
+        answering.then(after_answer, session, [stop, status, banner], **quiet)
+        stopping = stop.click(stop_answers, session, [chatbot, stop], cancels=[answering], queue=False)
+        stopping.then(refresh_status, None, [status, banner], **quiet)
+        reset.click(clear, session, [chatbot, session, overlay, stop], cancels=[answering], queue=False)
         grounding.click(ask_grounding, question, question, queue=False)
     return page
-
-
-def error_bubble(message: str) -> dict[str, Any]:
-    return {"role": "assistant", "content": f"⚠️ 出错了：{message}"}
 
 
 # ---------------------------------------------------------------------- mount
@@ -569,6 +759,8 @@ def mount_ui(
         auth=auth,
         auth_message="用户名随便填，密码是服务器的 API key。Any user name; password: the server's API key.",
         allowed_paths=[str(IMAGES_DIR)],
+        css=PAGE_CSS,
+        js=PAGE_JS,
         max_file_size=settings.max_media_bytes,
         footer_links=["api"],
         run_history=False,

@@ -7,6 +7,8 @@ setup-dev`` installs both). Every request the page makes to anything but
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -42,7 +44,7 @@ CHROMIUM_ARGS = [
 API_KEY = "webui-test-key"
 MAX_MEDIA_BYTES = 1_000_000
 MAX_IMAGE_PIXELS = 4_000_000
-RESULTS = REPO_ROOT / "results"
+SCREENSHOTS = REPO_ROOT / "results" / "webui"  # git-ignored; look at them after a change to the page
 TIMEOUT_MS = 120_000  # a busy 2-core CI machine; nothing waits this long when things work
 
 
@@ -166,10 +168,10 @@ def browser():
         chromium.close()
 
 
-@pytest.fixture
-def page(browser):
+@contextlib.contextmanager
+def new_tab(browser, width: int = 1280, height: int = 800, **options):
     """A fresh browser tab that may only talk to 127.0.0.1; the test fails if it tried anything else."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900}, locale="zh-CN")
+    context = browser.new_context(viewport={"width": width, "height": height}, locale="zh-CN", **options)
     context.set_default_timeout(TIMEOUT_MS)
     outside: list[str] = []
 
@@ -186,6 +188,17 @@ def page(browser):
     yield tab
     context.close()
     assert outside == [], f"the page tried to reach outside hosts: {outside}"
+
+
+@pytest.fixture
+def page(browser):
+    with new_tab(browser) as tab:
+        yield tab
+
+
+def shoot(page, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
 
 
 def completed(server: launcher.ServerProcess) -> int:
@@ -231,6 +244,24 @@ def bot_texts(page) -> list[str]:
     return page.eval_on_selector_all("#chat [data-testid='bot']", "els => els.map(e => e.innerText.trim())")
 
 
+def user_texts(page) -> list[str]:
+    """The questions' texts (a question's pictures are messages of their own, without text)."""
+    texts = page.eval_on_selector_all("#chat [data-testid='user']", "els => els.map(e => e.innerText.trim())")
+    return [t for t in texts if t]
+
+
+def set_max_tokens(page, value: int) -> None:
+    if not page.is_visible("#max-tokens"):
+        page.click("#sampling button, #sampling .label-wrap")
+    page.fill("#max-tokens input[type=number]", str(value))
+    page.press("#max-tokens input[type=number]", "Enter")
+
+
+def stop_is_active(page) -> bool:
+    """Enabled and drawn as the red stop button (Gradio's ``stop`` variant)."""
+    return page.eval_on_selector("#stop", "b => !b.disabled && b.classList.contains('stop')")
+
+
 def wait_for_answers(page, count: int) -> list[str]:
     """Wait until ``count`` answers are complete (the status line refreshes after each one)."""
     page.wait_for_function(
@@ -274,16 +305,25 @@ def test_a_text_question_gets_a_streamed_answer(server, page):
     assert completed(server) == before + 1
 
 
-def test_an_uploaded_picture_gets_an_answer_counted_by_health(server, page):
+def test_an_uploaded_picture_gets_an_answer_and_is_shown_in_the_users_turn(server, page):
     open_chat(page, server.base_url + "/ui/")
     before = completed(server)
     ask(page, "这张图里有什么？", [CAT_PHOTO_PATH])
     answers = wait_for_answers(page, before + 1)
     assert answers and answers[-1] and not answers[-1].startswith("⚠️")
-    assert page.locator("#chat img").count() >= 1  # the picture is shown in the conversation
+    assert shown_pictures(page) == 1  # in the question's bubble, and loaded
     assert completed(server) == before + 1
-    RESULTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(RESULTS / "webui.png"), full_page=True)
+    shoot(page, "picture-in-the-question")
+
+
+def shown_pictures(page) -> int:
+    """How many pictures the user's turns show, counting only those that loaded."""
+    page.wait_for_function(
+        "() => [...document.querySelectorAll(\"#chat [data-testid='user'] img\")].every(i => i.complete)"
+    )
+    return page.eval_on_selector_all(
+        "#chat [data-testid='user'] img", "imgs => imgs.filter(i => i.naturalWidth > 0).length"
+    )
 
 
 def test_a_picked_tutorial_picture_and_a_second_turn_keep_the_history(server, page):
@@ -293,27 +333,141 @@ def test_a_picked_tutorial_picture_and_a_second_turn_keep_the_history(server, pa
     page.get_by_role("option", name="shapes_scene.png").click()
     ask(page, "图里有几个形状？")
     wait_for_answers(page, before + 1)
+    assert shown_pictures(page) == 1  # the picked picture is shown with the question, like an upload
     ask(page, "再说一遍。")
     answers = wait_for_answers(page, before + 2)
     assert len(answers) == 2 and all(a and not a.startswith("⚠️") for a in answers)
 
 
-def test_the_stop_button_stops_the_generation_on_the_server(server, page):
+def test_the_stop_button_is_active_only_while_answering_and_stops_the_server(server, page):
     open_chat(page, server.base_url + "/ui/")
+    assert page.is_disabled("#stop") and not stop_is_active(page)  # nothing runs yet
+    shoot(page, "idle")
     _, body = launcher.health(server.base_url)
     cancelled = body["queue"]["cancelled"]
-    page.click("#sampling button, #sampling .label-wrap")
-    page.fill("#max-tokens input[type=number]", "2048")
-    page.press("#max-tokens input[type=number]", "Enter")
+    set_max_tokens(page, 2048)
     ask(page, "写一篇很长的文章。")
-    page.wait_for_function("() => [...document.querySelectorAll(\"#chat [data-testid='bot']\")].length")
+    page.wait_for_selector("#stop:enabled")
+    assert stop_is_active(page)
+    ask(page, "再写一篇。")  # sent while the first answer streams: queued, and stopped with it
+    page.locator("#chat [data-testid='bot']", has_text="排队中").wait_for()
+    page.wait_for_function(  # some of the first answer has arrived
+        "() => document.querySelector(\"#chat [data-testid='bot']\").innerText.trim().length > 0"
+    )
+    shoot(page, "answering-with-a-queued-question")
     page.click("#stop")
+    page.wait_for_selector("#stop:disabled")
+    assert not stop_is_active(page)
+    first, second = bot_texts(page)
+    assert first.endswith("（已停止）") and first != "（已停止）", first  # what arrived is kept
+    assert "没有回答" in second
     deadline = time.monotonic() + 60
     while launcher.health(server.base_url)[1]["queue"]["cancelled"] == cancelled:
         assert time.monotonic() < deadline, "the server kept generating after the stop button"
         time.sleep(0.1)
     body = launcher.health(server.base_url)[1]
     assert body["queue"]["running"] == 0
+    shoot(page, "stopped")
+    set_max_tokens(page, 24)
+    ask(page, "你好")  # the next question is answered at once (nothing stays stuck behind the stop)
+    answers = wait_for_answers(page, body["queue"]["completed"] + 1)
+    assert len(answers) == 3 and not answers[-1].startswith(("⚠️", "排队中", "（已停止"))
+
+
+def test_a_question_sent_while_an_answer_streams_is_queued_and_answered_next(server, page):
+    open_chat(page, server.base_url + "/ui/")
+    before = completed(server)
+    set_max_tokens(page, 300)  # long enough to send the next question meanwhile
+    ask(page, "第一个问题")
+    page.wait_for_selector("#stop:enabled")
+    set_max_tokens(page, 24)  # the settings in effect when a question is sent are its own
+    ask(page, "第二个问题")
+    page.locator("#chat [data-testid='bot']", has_text="排队中").wait_for()
+    assert user_texts(page) == ["第一个问题", "第二个问题"]  # shown at once, nothing dropped
+    answers = wait_for_answers(page, before + 2)
+    assert len(answers) == 2
+    assert all(a and not a.startswith("⚠️") and "排队中" not in a for a in answers)
+    page.wait_for_selector("#stop:disabled")
+    shoot(page, "queued-question-answered")
+
+
+def test_a_question_sent_while_its_picture_uploads_waits_for_it(server, page):
+    held = []
+    open_chat(page, server.base_url + "/ui/")
+
+    def hold(route) -> None:  # the upload stays in progress until the test releases it
+        held.append(route)
+
+    page.route("**/gradio_api/upload*", hold)
+    before = completed(server)
+    with page.expect_request("**/gradio_api/upload*"):
+        page.set_input_files("#question input[type=file]", str(CAT_PHOTO_PATH))
+    page.wait_for_selector("#question .loader")
+    page.fill("#question textarea", "这是什么动物？")
+    page.press("#question textarea", "Enter")
+    waiting = page.locator("#upload-wait")
+    waiting.wait_for()
+    assert "上传" in waiting.inner_text()
+    assert user_texts(page) == []  # not sent without its picture
+    shoot(page, "waiting-for-the-upload")
+    held[0].continue_()
+    answers = wait_for_answers(page, before + 1)
+    assert answers[-1] and not answers[-1].startswith("⚠️")
+    assert user_texts(page) == ["这是什么动物？"] and shown_pictures(page) == 1
+    waiting.wait_for(state="detached")
+
+
+def test_the_status_line_refreshes_itself(server, page):
+    open_chat(page, server.base_url + "/ui/")
+    before = completed(server)
+    assert f"已完成 {before}" in page.inner_text("#status-line")
+    # Another client of the API gets an answer; this page is not touched.
+    request = urllib.request.Request(
+        server.base_url + "/v1/chat/completions",
+        data=json.dumps({"messages": [{"role": "user", "content": "你好"}], "max_tokens": 4}).encode(),
+        headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=120) as response:
+        assert response.status == 200
+    page.wait_for_function(
+        "n => document.querySelector('#status-line').innerText.includes('已完成 ' + n)", arg=before + 1
+    )
+
+
+def geometry(page) -> dict[str, float]:
+    return page.evaluate(
+        """() => {
+            const box = (s) => document.querySelector(s).getBoundingClientRect();
+            return {chat: box('#chat').height, chat_top: box('#chat').top, stop_bottom: box('#stop').bottom,
+                    page_height: document.documentElement.scrollHeight, window_height: innerHeight,
+                    page_width: document.documentElement.scrollWidth, window_width: innerWidth};
+        }"""
+    )
+
+
+def test_the_chat_fills_the_window_on_a_laptop_and_a_phone(server, browser):
+    phone = {"is_mobile": True, "has_touch": True, "device_scale_factor": 2}
+    sizes = {"laptop": (1280, 800, {}), "tall-window": (1280, 1100, {}), "phone": (390, 844, phone)}
+    chat_heights = {}
+    for name, (width, height, options) in sizes.items():
+        with new_tab(browser, width, height, **options) as page:
+            open_chat(page, server.base_url + "/ui/")
+            if name != "tall-window":
+                before = completed(server)
+                ask(page, "这张图里有什么？", [CAT_PHOTO_PATH])
+                wait_for_answers(page, before + 1)
+            page.evaluate("() => window.scrollTo(0, 0)")
+            size = geometry(page)
+            assert size["page_width"] <= size["window_width"], f"{name}: the page is wider than the window"
+            if name == "phone":  # the columns stack: chat, box and buttons together fill one screen
+                assert size["chat"] >= 0.6 * size["window_height"], size
+                assert size["stop_bottom"] - size["chat_top"] <= size["window_height"], size
+            else:  # no empty page below the chat and nothing to scroll
+                assert size["page_height"] <= size["window_height"] + 1, size
+                assert size["stop_bottom"] >= size["window_height"] - 100, size
+            chat_heights[name] = size["chat"]
+            shoot(page, f"chat-{name}")
+    assert chat_heights["tall-window"] - chat_heights["laptop"] >= 250  # it grows with the window
 
 
 def test_a_too_large_upload_shows_a_readable_error(server, page, tmp_path):
