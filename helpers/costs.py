@@ -321,6 +321,24 @@ def nvidia_smi_probe(
     return free_mib * 1024**2, total_mib * 1024**2
 
 
+def gpu_count(environ: dict[str, str] | None = None, query: Callable[..., str] = _nvidia_smi) -> int:
+    """How many GPUs CUDA programs here can use: 1 on the simulated card, else nvidia-smi's count.
+
+    ``CUDA_VISIBLE_DEVICES`` limits the count (empty or ``-1``: none).
+    """
+    if simulated_probe() is not None:
+        return 1
+    environ = os.environ if environ is None else environ
+    try:
+        rows = [line for line in query("--query-gpu=index").splitlines() if line.strip()]
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    visible = environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return len(rows)
+    return min(len(rows), len([v for v in visible.split(",") if v.strip() and v.strip() != "-1"]))
+
+
 def simulated_probe() -> Reading | None:
     """The simulated card's (free, total) and holders (helpers.simulated_gpu); None when not simulating."""
     from helpers import simulated_gpu
