@@ -538,7 +538,7 @@ class Engine:
         attention = choose_attention(settings.attn_implementation, device)
         from helpers.costs import check_gpu_memory, simulated_probe
 
-        if device.startswith("cuda") or (device != "cpu" and simulated_probe() is not None):
+        if device.startswith("cuda") or (settings.device != "cpu" and simulated_probe() is not None):
             # A clear message instead of an out-of-memory halfway through (also on the simulated card).
             check_gpu_memory(settings)
         start = time.perf_counter()

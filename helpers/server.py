@@ -652,7 +652,7 @@ def check_gpu_before_loading(settings: Settings, probe=None) -> None:
     from helpers.engine import choose_device
 
     device = choose_device(settings.device)
-    if device.startswith("cuda") or (device != "cpu" and simulated_probe() is not None):
+    if device.startswith("cuda") or (settings.device != "cpu" and simulated_probe() is not None):
         status = check_gpu_memory(settings, probe)
         logger.info("GPU memory: %s", status.describe())
 

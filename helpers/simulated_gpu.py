@@ -236,9 +236,9 @@ class Reservation:
 
 def program_name() -> str:
     """What this process is, for a holder's description."""
-    if "ipykernel" in sys.modules:
-        return "Jupyter 内核"
     argv = " ".join(sys.argv)
+    if "ipykernel" in argv:
+        return "Jupyter 内核"
     names = (("helpers.server", "我们的服务"), ("helpers.bench", "make bench"), ("pytest", "pytest"))
     for marker, name in names:
         if marker in argv:
