@@ -17,7 +17,7 @@ import math
 import os
 import re
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -456,14 +456,15 @@ def reservation_estimate(settings) -> MemoryEstimate:
     return memory_estimate(shape, settings.max_model_len)
 
 
-def gpu_memory_status(settings, probe: MemoryProbe | None = None) -> GpuMemoryStatus:
+def gpu_memory_status(settings, probe: MemoryProbe | None = None, use_torch: bool = True) -> GpuMemoryStatus:
     """Free GPU memory (``probe``: default :func:`default_probe`) against the model's estimate.
 
     The estimate is :func:`memory_estimate` for the model's weights and a request
     of ``settings.max_model_len`` tokens, the most one request may use; on the
     simulated card, :func:`reservation_estimate` (the taught model, also in demo mode).
+    ``use_torch=False``: ask ``nvidia-smi`` (no CUDA context in a kernel that only starts a server).
     """
-    reading = (probe or default_probe(settings))()
+    reading = (probe or default_probe(settings, use_torch))()
     if reading is None:
         return GpuMemoryStatus(model=settings.model, cuda=False)
     free, total = reading[0], reading[1]
@@ -484,12 +485,64 @@ def gpu_memory_status(settings, probe: MemoryProbe | None = None) -> GpuMemorySt
     )
 
 
-def check_gpu_memory(settings, probe: MemoryProbe | None = None) -> GpuMemoryStatus:
+def check_gpu_memory(settings, probe: MemoryProbe | None = None, use_torch: bool = True) -> GpuMemoryStatus:
     """:func:`gpu_memory_status`, raising :class:`NotEnoughGPUMemory` (with the fix) when it does not fit."""
-    status = gpu_memory_status(settings, probe)
+    status = gpu_memory_status(settings, probe, use_torch)
     if not status.ok:
         raise NotEnoughGPUMemory(status.problem())
     return status
+
+
+@dataclass(frozen=True)
+class HeldMemory:
+    """GPU memory a notebook kernel (and the servers it started) still holds."""
+
+    bytes: int
+    card: str | None  # "模拟的 …" on the simulated card, "GPU" on a real one, None without a GPU
+    holders: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        if self.card is None:
+            return "没有 GPU：这个内核不占显存"
+        mark = "✅" if self.bytes == 0 else "❌"
+        text = f"{mark} 这个内核（和它启动的服务）在{self.card}上还占着 {self.bytes / GIB:.2f} GiB"
+        if self.holders:
+            text += "：" + "；".join(self.holders) + "。先 close() / stop_server()，再删掉还拿着模型的变量"
+        if self.card.startswith("模拟的"):
+            text += "（模拟的卡：数字是估算）"
+        return text
+
+
+def held_gpu_memory(pids: Sequence[int] = (), query: Callable[..., str] = _nvidia_smi) -> HeldMemory:
+    """What this process and ``pids`` (servers it started) still hold on the GPU.
+
+    On the simulated card: their reservations. On a real GPU: PyTorch's allocation in
+    this process plus what ``nvidia-smi`` shows for ``pids``. Notebooks end by
+    asserting that this is 0, after ``close()`` / ``stop_server()``.
+    """
+    from helpers import simulated_gpu
+
+    card = simulated_gpu.card()
+    if card is not None:
+        mine = {os.getpid(), *pids}
+        held = [h for h in simulated_gpu.holders() if h.pid in mine]
+        return HeldMemory(sum(h.bytes for h in held), card.label, tuple(h.describe() for h in held))
+    import torch
+
+    if not torch.cuda.is_available():
+        return HeldMemory(0, None)
+    total = torch.cuda.memory_allocated() if torch.cuda.is_initialized() else 0
+    holders = [f"这个内核的 PyTorch {total / GIB:.2f} GiB"] if total else []
+    if pids:
+        try:
+            for line in query("--query-compute-apps=pid,used_memory").splitlines():
+                pid, used_mib = (int(v) for v in line.split(","))
+                if pid in pids:
+                    total += used_mib * 1024**2
+                    holders.append(f"pid {pid} {used_mib / 1024:.2f} GiB")
+        except (OSError, subprocess.SubprocessError, ValueError):
+            pass
+    return HeldMemory(total, "GPU", tuple(holders))
 
 
 def hold_on_simulated_card(owner, settings) -> None:
