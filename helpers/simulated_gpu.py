@@ -202,7 +202,12 @@ def _record_peak(folder: Path, total: int, current: list[Holder]) -> None:
     if in_use > old["bytes"]:
         peak_path.write_text(
             json.dumps(
-                {"bytes": in_use, "total": total, "holders": [h.describe() for h in current]},
+                {
+                    "bytes": in_use,
+                    "total": total,
+                    "holders": [h.describe() for h in current],
+                    "holder_bytes": [h.bytes for h in current],
+                },
                 ensure_ascii=False,
             ),
             encoding="utf-8",
@@ -210,7 +215,7 @@ def _record_peak(folder: Path, total: int, current: list[Holder]) -> None:
 
 
 def peak() -> dict[str, Any]:
-    """The highest use seen since :func:`reset_peak`: ``{"bytes", "total", "holders"}`` (bytes -1: none)."""
+    """The highest use since :func:`reset_peak`: bytes (-1: none), total, holders, holder_bytes."""
     with _locked() as folder:
         try:
             return json.loads((folder / "peak.json").read_text(encoding="utf-8"))
