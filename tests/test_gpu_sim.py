@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import subprocess
 import sys
 import weakref
@@ -18,6 +19,7 @@ from helpers.costs import (
     check_gpu_memory,
     default_probe,
     gpu_count,
+    held_gpu_memory,
     nvidia_smi_probe,
     reservation_estimate,
 )
@@ -211,3 +213,18 @@ def test_no_gpu_and_no_simulation_checks_nothing(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert check_gpu_memory(demo()).cuda is False
     assert "CPU" in check_gpu_memory(demo()).describe()
+
+
+def test_what_a_kernel_still_holds(card):
+    assert held_gpu_memory().bytes == 0 and "✅" in held_gpu_memory().describe()
+    simulated_gpu.reserve(card, 3 * GIB, "我们的服务", pid=os.getppid())  # e.g. a server it started
+    assert held_gpu_memory().bytes == 0
+    held = held_gpu_memory([os.getppid()])
+    assert held.bytes == 3 * GIB and "❌" in held.describe() and "模拟的卡" in held.describe()
+
+
+def test_the_launcher_checks_with_the_flags_the_server_gets():
+    settings = launcher._with_flags(
+        demo(), ["--max-model-len", "4096", "--log-level", "warning", "--max-queue", "3"]
+    )
+    assert (settings.max_model_len, settings.max_queue) == (4096, 3)
