@@ -244,7 +244,10 @@ def program_name() -> str:
     argv = " ".join(sys.argv)
     if "ipykernel" in argv:
         return "Jupyter 内核"
-    names = (("helpers.server", "我们的服务"), ("helpers.bench", "make bench"), ("pytest", "pytest"))
+    names = (
+        *(("helpers.server", "我们的服务"), ("helpers/server.py", "我们的服务")),
+        *(("helpers.bench", "make bench"), ("helpers/bench", "make bench"), ("pytest", "pytest")),
+    )
     for marker, name in names:
         if marker in argv:
             return name

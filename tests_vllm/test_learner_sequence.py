@@ -61,6 +61,7 @@ def test_the_learner_sequence_fits_the_card_with_kernels_left_open(card_name, mo
                 runnable(name),
                 timeout=900,
                 kernel_name="python3",
+                shutdown_kernel="immediate",
                 resources={"metadata": {"path": str(NOTEBOOKS)}},
             )
             clients.append(client)
@@ -70,8 +71,8 @@ def test_the_learner_sequence_fits_the_card_with_kernels_left_open(card_name, mo
             assert still_held == [], f"{name} left on the card: {still_held}"
     finally:
         for client in clients:
-            if client.km is not None and client.km.has_kernel:
-                client.km.shutdown_kernel(now=True)
+            if client.km is not None:
+                client._cleanup_kernel()  # nbclient's own (sync) shutdown of the kernel it started
     FIGURES.mkdir(parents=True, exist_ok=True)
     (FIGURES / f"peaks-{card_name}.json").write_text(
         json.dumps({"card": card.label, "total": card.total, "peaks": peaks}, ensure_ascii=False, indent=2)
