@@ -14,9 +14,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import re
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -241,32 +242,130 @@ class NotEnoughGPUMemory(RuntimeError):
     """The GPU has less free memory than the model and one maximal request need."""
 
 
+class Reading(tuple):
+    """(free, total) bytes of one GPU, plus where they come from.
+
+    ``simulated`` is the simulated card's label (:mod:`helpers.simulated_gpu`), None for a
+    real one; ``holders`` says what holds the memory, where that is known.
+    """
+
+    simulated: str | None
+    holders: tuple[str, ...]
+
+    def __new__(cls, free: int, total: int, simulated: str | None = None, holders: tuple[str, ...] = ()):
+        reading = super().__new__(cls, (int(free), int(total)))
+        reading.simulated = simulated
+        reading.holders = tuple(holders)
+        return reading
+
+
 MemoryProbe = Callable[[], "tuple[int, int] | None"]
 
 
+def device_index(device: int | str) -> int:
+    """The CUDA device number of a setting: ``auto``/``cuda`` -> 0, ``cuda:1`` -> 1."""
+    if isinstance(device, int):
+        return device
+    return int(device.split(":", 1)[1]) if device.startswith("cuda:") else 0
+
+
 def torch_probe(device: int | str = 0) -> tuple[int, int] | None:
-    """(free, total) bytes from ``torch.cuda.mem_get_info``; None without a GPU."""
+    """(free, total) bytes of ``device`` from ``torch.cuda.mem_get_info``; None without a GPU."""
     import torch
 
     if not torch.cuda.is_available():
         return None
-    return torch.cuda.mem_get_info(device)
+    return torch.cuda.mem_get_info(device_index(device))
 
 
-def nvidia_smi_probe() -> tuple[int, int] | None:
-    """(free, total) bytes of GPU 0 from ``nvidia-smi`` (creates no CUDA context); None without one."""
+def _nvidia_smi(*query: str) -> str:
+    return subprocess.run(
+        ["nvidia-smi", *query, "--format=csv,noheader,nounits"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=True,
+    ).stdout
+
+
+def nvidia_smi_probe(
+    device: int | str = 0,
+    environ: dict[str, str] | None = None,
+    query: Callable[..., str] = _nvidia_smi,
+) -> tuple[int, int] | None:
+    """(free, total) bytes of CUDA device ``device`` from ``nvidia-smi`` (no CUDA context); None without it.
+
+    CUDA numbers the devices that ``CUDA_VISIBLE_DEVICES`` lists (indices or
+    ``GPU-`` UUIDs), in that order; ``nvidia-smi`` numbers them all. Device N is
+    the N-th visible one, matched by index or UUID (``query``: the nvidia-smi
+    call, injectable for tests).
+    """
+    environ = os.environ if environ is None else environ
+    n = device_index(device)
+    visible = environ.get("CUDA_VISIBLE_DEVICES")
     try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=memory.free,memory.total", "--format=csv,noheader,nounits"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout
-        free_mib, total_mib = (int(v) for v in out.splitlines()[0].split(","))
-    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        rows = [
+            [field.strip() for field in line.split(",")]
+            for line in query("--query-gpu=index,uuid,memory.free,memory.total").splitlines()
+            if line.strip()
+        ]
+        if visible is None:
+            wanted = rows[n][0]
+        else:
+            listed = [v.strip() for v in visible.split(",") if v.strip()]
+            wanted = listed[n]  # IndexError: fewer visible devices than the setting asks for
+        row = next(r for r in rows if wanted in (r[0], r[1]) or (len(wanted) > 6 and r[1].startswith(wanted)))
+        free_mib, total_mib = int(row[2]), int(row[3])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError, StopIteration):
         return None
     return free_mib * 1024**2, total_mib * 1024**2
+
+
+def gpu_count(environ: dict[str, str] | None = None, query: Callable[..., str] = _nvidia_smi) -> int:
+    """How many GPUs CUDA programs here can use: 1 on the simulated card, else nvidia-smi's count.
+
+    ``CUDA_VISIBLE_DEVICES`` limits the count (empty or ``-1``: none).
+    """
+    if simulated_probe() is not None:
+        return 1
+    environ = os.environ if environ is None else environ
+    try:
+        rows = [line for line in query("--query-gpu=index").splitlines() if line.strip()]
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    visible = environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return len(rows)
+    return min(len(rows), len([v for v in visible.split(",") if v.strip() and v.strip() != "-1"]))
+
+
+def simulated_probe() -> Reading | None:
+    """The simulated card's (free, total) and holders (helpers.simulated_gpu); None when not simulating."""
+    from helpers import simulated_gpu
+
+    card = simulated_gpu.card()
+    if card is None:
+        return None
+    free, total, holders = simulated_gpu.reading(card)
+    return Reading(free, total, card.label, tuple(h.describe() for h in holders))
+
+
+def default_probe(settings, use_torch: bool = True) -> MemoryProbe:
+    """The probe for ``settings.device``: the simulated card when one is set, else CUDA or nvidia-smi.
+
+    ``use_torch=False`` asks ``nvidia-smi`` (a notebook kernel that starts a server
+    should not create a CUDA context of its own just to look).
+    """
+
+    def probe() -> tuple[int, int] | None:
+        simulated = simulated_probe()
+        if simulated is not None:
+            return simulated
+        if settings.device == "cpu":
+            return None
+        return torch_probe(settings.device) if use_torch else nvidia_smi_probe(settings.device)
+
+    return probe
 
 
 @dataclass(frozen=True)
@@ -279,34 +378,60 @@ class GpuMemoryStatus:
     total: int = 0
     needed: int = 0
     estimate: MemoryEstimate | None = None
+    simulated: str | None = None  # the simulated card's label; None on a real GPU
+    holders: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
         return not self.cuda or self.free >= self.needed
 
+    @property
+    def card(self) -> str:
+        return self.simulated or "GPU"
+
     def describe(self) -> str:
         if not self.cuda:
             return "没有可用的 GPU（CPU 模式）：不检查显存"
         mark = "✅" if self.ok else "❌"
-        return (
-            f"{mark} GPU 空闲显存 {self.free / GIB:.1f} / {self.total / GIB:.1f} GiB，"
+        text = (
+            f"{mark} {self.card} 空闲显存 {self.free / GIB:.1f} / {self.total / GIB:.1f} GiB，"
             f"{self.model} 需要约 {self.needed / GIB:.1f} GiB（{self.estimate.describe()}）"
         )
+        if self.simulated:
+            held = "；".join(self.holders) or "无"
+            text += f"\n   （{self.simulated} 是模拟的卡，数字是估算，不是测量；占用者：{held}）"
+        return text
 
     def problem(self) -> str:
-        """What went wrong, the likely cause and the fix (English, for logs and exceptions)."""
-        return (
-            f"Not enough free GPU memory to load {self.model}: {self.free / GIB:.1f} GiB free of "
-            f"{self.total / GIB:.1f} GiB, about {self.needed / GIB:.1f} GiB needed (weights "
-            f"{self.estimate.weights / GIB:.1f} + KV cache {self.estimate.kv_cache / GIB:.1f} + runtime "
-            f"{self.estimate.overhead / GIB:.1f} GiB).\n"
-            "  Likely cause: another process holds the GPU -- usually another Jupyter kernel that loaded the "
-            "model (notebooks 02/03/04) or a server left running. `nvidia-smi` lists their PIDs.\n"
+        """What went wrong, the likely cause and the fix: Chinese first, then English (logs, exceptions)."""
+        free, total, needed = self.free / GIB, self.total / GIB, self.needed / GIB
+        est = self.estimate
+        held = "；".join(self.holders)
+        zh = (
+            f"显存不够，加载不了 {self.model}：{self.card} 空闲 {free:.1f} / {total:.1f} GiB，"
+            f"需要约 {needed:.1f} GiB（权重 {est.weights / GIB:.1f} + KV cache {est.kv_cache / GIB:.1f}"
+            f" + 运行时 {est.overhead / GIB:.1f} GiB）。\n"
+            + (f"  占着显存的：{held}\n" if held else "")
+            + "  最可能的原因：别的进程占着 GPU——通常是加载过模型的另一个 Jupyter 内核（02/03/04），"
+            "或者没停的服务。"
+            "`nvidia-smi` 能列出它们的 PID。\n"
+            "  解决：在 JupyterLab 里关掉那些内核（Kernel → Shut Down Kernel，或 Running 面板），停掉旧服务"
+            "（`fuser -k 6006/tcp`），或 `kill <PID>`；也可以调小 QWEN3VL_MAX_MODEL_LEN 和图片/视频预算，"
+            "或者用 QWEN3VL_MODEL=demo。\n"
+        )
+        en = (
+            f"Not enough free GPU memory to load {self.model}: {free:.1f} GiB free of {total:.1f} GiB"
+            + (f" ({self.simulated}, simulated)" if self.simulated else "")
+            + f", about {needed:.1f} GiB needed (weights {est.weights / GIB:.1f} + KV cache "
+            f"{est.kv_cache / GIB:.1f} + runtime {est.overhead / GIB:.1f} GiB).\n"
+            + (f"  Held by: {held}\n" if held else "")
+            + "  Likely cause: another process holds the GPU -- usually another Jupyter kernel that loaded "
+            "the model (notebooks 02/03/04) or a server left running. `nvidia-smi` lists their PIDs.\n"
             "  Fix: in JupyterLab shut those kernels down (Kernel -> Shut Down Kernel, or the Running "
             "panel), stop old servers (`fuser -k 6006/tcp`), or `kill <PID>`; or lower "
-            "QWEN3VL_MAX_MODEL_LEN / the image and video budgets; or use QWEN3VL_MODEL=demo.\n"
-            "  显存不够：通常是别的 Jupyter 内核还占着模型。先关掉它们（Kernel → Shut Down Kernel），再重试。"
+            "QWEN3VL_MAX_MODEL_LEN / the image and video budgets; or use QWEN3VL_MODEL=demo."
         )
+        return zh + en
 
 
 def model_shape_for(settings, bytes_per_value: int | None = None) -> ModelShape:
@@ -320,26 +445,121 @@ def model_shape_for(settings, bytes_per_value: int | None = None) -> ModelShape:
     return dataclasses.replace(shape, bytes_per_value=bytes_per_value)
 
 
-def gpu_memory_status(settings, probe: MemoryProbe | None = None) -> GpuMemoryStatus:
-    """Free GPU memory (``probe``: default ``torch.cuda.mem_get_info``) against the model's estimate.
+def reservation_estimate(settings) -> MemoryEstimate:
+    """What loading ``settings``' model takes on a real card, for the simulated one.
+
+    The same estimate as the real check (:func:`memory_estimate` at ``max_model_len``),
+    except that the demo model stands for the model being taught: the 4B in bf16,
+    never the demo weights' few megabytes.
+    """
+    shape = QWEN3_VL_4B if settings.is_demo else model_shape_for(settings)
+    return memory_estimate(shape, settings.max_model_len)
+
+
+def gpu_memory_status(settings, probe: MemoryProbe | None = None, use_torch: bool = True) -> GpuMemoryStatus:
+    """Free GPU memory (``probe``: default :func:`default_probe`) against the model's estimate.
 
     The estimate is :func:`memory_estimate` for the model's weights and a request
-    of ``settings.max_model_len`` tokens, the most one request may use.
+    of ``settings.max_model_len`` tokens, the most one request may use; on the
+    simulated card, :func:`reservation_estimate` (the taught model, also in demo mode).
+    ``use_torch=False``: ask ``nvidia-smi`` (no CUDA context in a kernel that only starts a server).
     """
-    reading = (probe or torch_probe)()
+    reading = (probe or default_probe(settings, use_torch))()
     if reading is None:
         return GpuMemoryStatus(model=settings.model, cuda=False)
-    free, total = reading
-    estimate = memory_estimate(model_shape_for(settings), settings.max_model_len)
-    return GpuMemoryStatus(settings.model, True, int(free), int(total), estimate.total, estimate)
+    free, total = reading[0], reading[1]
+    simulated = getattr(reading, "simulated", None)
+    if simulated:
+        estimate = reservation_estimate(settings)
+    else:
+        estimate = memory_estimate(model_shape_for(settings), settings.max_model_len)
+    return GpuMemoryStatus(
+        settings.model,
+        True,
+        int(free),
+        int(total),
+        estimate.total,
+        estimate,
+        simulated,
+        tuple(getattr(reading, "holders", ())),
+    )
 
 
-def check_gpu_memory(settings, probe: MemoryProbe | None = None) -> GpuMemoryStatus:
+def check_gpu_memory(settings, probe: MemoryProbe | None = None, use_torch: bool = True) -> GpuMemoryStatus:
     """:func:`gpu_memory_status`, raising :class:`NotEnoughGPUMemory` (with the fix) when it does not fit."""
-    status = gpu_memory_status(settings, probe)
+    status = gpu_memory_status(settings, probe, use_torch)
     if not status.ok:
         raise NotEnoughGPUMemory(status.problem())
     return status
+
+
+@dataclass(frozen=True)
+class HeldMemory:
+    """GPU memory a notebook kernel (and the servers it started) still holds."""
+
+    bytes: int
+    card: str | None  # "模拟的 …" on the simulated card, "GPU" on a real one, None without a GPU
+    holders: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        if self.card is None:
+            return "没有 GPU：这个内核不占显存"
+        mark = "✅" if self.bytes == 0 else "❌"
+        text = f"{mark} 这个内核（和它启动的服务）在{self.card}上还占着 {self.bytes / GIB:.2f} GiB"
+        if self.holders:
+            text += "：" + "；".join(self.holders) + "。先 close() / stop_server()，再删掉还拿着模型的变量"
+        if self.card.startswith("模拟的"):
+            text += "（模拟的卡：数字是估算）"
+        return text
+
+
+def held_gpu_memory(pids: Sequence[int] = (), query: Callable[..., str] = _nvidia_smi) -> HeldMemory:
+    """What this process and ``pids`` (servers it started) still hold on the GPU.
+
+    On the simulated card: their reservations. On a real GPU: PyTorch's allocation in
+    this process plus what ``nvidia-smi`` shows for ``pids``. Notebooks end by
+    asserting that this is 0, after ``close()`` / ``stop_server()``.
+    """
+    from helpers import simulated_gpu
+
+    card = simulated_gpu.card()
+    if card is not None:
+        mine = {os.getpid(), *pids}
+        held = [h for h in simulated_gpu.holders() if h.pid in mine]
+        return HeldMemory(sum(h.bytes for h in held), card.label, tuple(h.describe() for h in held))
+    import torch
+
+    if not torch.cuda.is_available():
+        return HeldMemory(0, None)
+    total = torch.cuda.memory_allocated() if torch.cuda.is_initialized() else 0
+    holders = [f"这个内核的 PyTorch {total / GIB:.2f} GiB"] if total else []
+    if pids:
+        try:
+            for line in query("--query-compute-apps=pid,used_memory").splitlines():
+                pid, used_mib = (int(v) for v in line.split(","))
+                if pid in pids:
+                    total += used_mib * 1024**2
+                    holders.append(f"pid {pid} {used_mib / 1024:.2f} GiB")
+        except (OSError, subprocess.SubprocessError, ValueError):
+            pass
+    return HeldMemory(total, "GPU", tuple(holders))
+
+
+def hold_on_simulated_card(owner, settings) -> None:
+    """On the simulated card, reserve what ``settings``' model takes for as long as ``owner`` exists.
+
+    Called for every engine that holds weights (``owner`` is its model object), so a
+    copy that keeps the model alive keeps the reservation. No-op on a real GPU, and
+    for ``device=cpu`` (not on the card at all).
+    """
+    from helpers import simulated_gpu
+
+    card = simulated_gpu.card()
+    if card is None or settings.device == "cpu":
+        return
+    estimate = reservation_estimate(settings)
+    name = f"{simulated_gpu.program_name()}里的 {settings.model} 引擎"
+    simulated_gpu.hold_while_alive(owner, card, estimate.total, name)
 
 
 # Host memory (RAM) while a request's media is decoded and prepared. helpers.media

@@ -18,6 +18,8 @@ import functools
 import gc
 import threading
 import time
+import traceback
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -344,7 +346,7 @@ class ChatStream:
             self.engine._run_generate(self.prepared, self.params, self._tokens, self._cancelled)
             self.stopped_early = self._cancelled.is_set()
         except BaseException as exc:  # handed to the consumer, re-raised there
-            self._error = exc
+            self._error = _without_frames(exc)
         finally:
             # Only now may the consumer finish: if it saw the end from generate()'s own
             # streamer.end(), its closing cancel() could beat the line above and mark a
@@ -402,6 +404,33 @@ class ChatStream:
             pass
         assert self.result is not None
         return self.result
+
+
+def _without_frames(exc: BaseException) -> BaseException:
+    """``exc`` with the local variables of its finished traceback frames dropped.
+
+    A stored exception keeps its traceback, and the traceback keeps every frame's
+    locals: the GPU inputs of a failed generation would stay allocated while the
+    next request starts. The frames (file, line, function) stay readable.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        traceback.clear_frames(current.__traceback__)
+        current = current.__cause__ or current.__context__
+    return exc
+
+
+def gpu_copy(inputs: Any, device: Any) -> dict[str, Any]:
+    """A new dict of ``inputs``' tensors on ``device``, owned by the caller.
+
+    transformers' ``BatchFeature.to()`` moves the tensors *in place* and returns the
+    same object (transformers 5.24, feature_extraction_utils.py ``BatchFeature.to``:
+    ``self.data = ...; return self``), so a prepared request would keep its GPU copy
+    for as long as it lives. This leaves ``inputs`` on the CPU.
+    """
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
 
 
 # --------------------------------------------------------------------- engine
@@ -482,6 +511,21 @@ def loading_message(model: str, path: Path, device: str, dtype: torch.dtype) -> 
     )
 
 
+class _Shared:
+    """What every copy of one loaded engine shares (``with_settings``, ``server.create_app``).
+
+    ``close()`` on any copy closes them all and drops every copy's reference to the
+    weights: a copy that kept them would keep the GPU memory too.
+    """
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.copies: list[weakref.ref[Engine]] = []
+
+    def engines(self) -> list[Engine]:
+        return [e for ref in self.copies if (e := ref()) is not None]
+
+
 @dataclass
 class Engine:
     """A loaded model + processor and the settings that govern its inputs."""
@@ -495,7 +539,15 @@ class Engine:
     attention: str
     load_seconds: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    _closed: list[bool] = field(default_factory=lambda: [False], repr=False)  # shared by with_settings copies
+    _shared: _Shared = field(default_factory=_Shared, repr=False)  # shared by with_settings copies
+
+    def __post_init__(self) -> None:
+        self._shared.copies.append(weakref.ref(self))
+        if self.model is not None and not self._shared.closed:
+            from helpers.costs import hold_on_simulated_card
+
+            # On QWEN3VL_SIMULATE_GPU's card: held for as long as the model object lives.
+            hold_on_simulated_card(self.model, self.settings)
 
     @classmethod
     def load(cls, settings: Settings | None = None, verbose: bool = True, **overrides: Any) -> Engine:
@@ -509,10 +561,11 @@ class Engine:
         device = choose_device(settings.device)
         dtype = choose_dtype(settings.dtype, device)
         attention = choose_attention(settings.attn_implementation, device)
-        if device.startswith("cuda"):
-            from helpers.costs import check_gpu_memory
+        from helpers.costs import check_gpu_memory, simulated_probe
 
-            check_gpu_memory(settings)  # a clear message instead of an out-of-memory halfway through
+        if device.startswith("cuda") or (settings.device != "cpu" and simulated_probe() is not None):
+            # A clear message instead of an out-of-memory halfway through (also on the simulated card).
+            check_gpu_memory(settings)
         if verbose:
             print(loading_message(settings.model, path, device, dtype), flush=True)
         start = time.perf_counter()
@@ -526,7 +579,11 @@ class Engine:
         return engine
 
     def with_settings(self, **changes: Any) -> Engine:
-        """The same loaded model under other settings (e.g. other media folders); shares the lock."""
+        """The same loaded model under other settings (e.g. other media folders).
+
+        The copy shares the lock, the weights and the closed state: ``close()`` on
+        either one frees the weights of both.
+        """
         return dataclasses.replace(self, settings=self.settings.replace(**changes))
 
     def close(self) -> None:
@@ -536,21 +593,23 @@ class Engine:
         starts) finds the GPU free; shut the kernel down too, to free the rest.
         """
         with self._lock:  # waits for a running generation
-            if self._closed[0]:
+            if self._shared.closed:
                 return
-            self._closed[0] = True
-            self.model = self.processor = None
-            self.__dict__.pop("_static_info", None)
+            self._shared.closed = True
+            for engine in self._shared.engines():  # every copy: one that kept the weights keeps the memory
+                engine.model = engine.processor = None
+                for cached in ("_static_info", "_special_tokens", "grammars"):  # grammars: the cache too
+                    engine.__dict__.pop(cached, None)
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
     @property
     def closed(self) -> bool:
-        return self._closed[0]
+        return self._shared.closed
 
     def _check_open(self) -> None:
-        if self._closed[0]:
+        if self._shared.closed:
             raise EngineClosed(
                 "this engine was closed with engine.close(); load a new one with Engine.load()"
             )
@@ -762,7 +821,7 @@ class Engine:
                 torch.manual_seed(params.seed)
             try:
                 with torch.inference_mode():
-                    inputs = prepared.inputs.to(self.model.device)  # on the GPU only while generating
+                    inputs = gpu_copy(prepared.inputs, self.model.device)  # on the GPU only while generating
                     self.model.generate(
                         **inputs,
                         **params.generate_kwargs(),

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from helpers.client import urlopen
 from helpers.config import Settings
-from helpers.costs import MemoryProbe, check_gpu_memory, nvidia_smi_probe
+from helpers.costs import MemoryProbe, check_gpu_memory, default_probe
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RUN_DIR = REPO_ROOT / "build" / "server"
@@ -159,7 +159,7 @@ def start_server(
     env: dict[str, str] | None = None,
     timeout: float = 300.0,
     run_dir: Path = RUN_DIR,
-    gpu_probe: MemoryProbe | None = nvidia_smi_probe,
+    gpu_probe: MemoryProbe | str | None = "nvidia-smi",
 ) -> ServerProcess:
     """Start ``python -m helpers.server`` in the background and wait until ``/health`` is ok.
 
@@ -167,21 +167,33 @@ def start_server(
     ready within ``timeout`` seconds, and when ``port`` is taken by another program;
     :class:`helpers.costs.NotEnoughGPUMemory` (with the cause and the fix) before
     starting anything when the GPU has too little free memory for the model.
-    ``gpu_probe`` reads (free, total) GPU bytes; the default asks ``nvidia-smi``,
-    so the calling kernel creates no CUDA context of its own.
+    ``gpu_probe`` reads (free, total) GPU bytes; the default asks ``nvidia-smi`` about
+    the configured device (so the calling kernel creates no CUDA context of its own),
+    or the simulated card (``QWEN3VL_SIMULATE_GPU``); None skips the check.
     """
     stop_leftover(port, run_dir)  # a server an earlier kernel left must not count as "someone else's"
-    if (
-        gpu_probe is not None
-        and "cpu" not in (env or {}).get("QWEN3VL_DEVICE", "")
-        and "cpu" not in extra_args
-    ):
+    if gpu_probe is not None:
         overrides = {"model": model} if model else {}
-        check_gpu_memory(Settings.from_env({**os.environ, **(env or {})}, **overrides), gpu_probe)
+        settings = Settings.from_env({**os.environ, **(env or {})}, **overrides)
+        settings = _with_flags(settings, extra_args)
+        if settings.device != "cpu":
+            probe = default_probe(settings, use_torch=False) if isinstance(gpu_probe, str) else gpu_probe
+            check_gpu_memory(settings, probe)
     command = [sys.executable, "-m", "helpers.server", "--host", host, "--port", str(port), *extra_args]
     if model:
         command += ["--model", model]
     return start_process(command, port, host, env=env, timeout=timeout, run_dir=run_dir)
+
+
+def _with_flags(settings: Settings, extra_args: Sequence[str]) -> Settings:
+    """``settings`` with the server flags in ``extra_args`` applied (what the server will run with)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    Settings.add_arguments(parser)
+    known, _ = parser.parse_known_args(list(extra_args))
+    given = {k: v for k, v in vars(known).items() if v is not None}
+    return settings.replace(**given) if given else settings
 
 
 def start_process(

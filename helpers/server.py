@@ -696,10 +696,12 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def check_gpu_before_loading(settings: Settings, probe=None) -> None:
-    """On a GPU, refuse to start when the model cannot fit in the free memory (see helpers.costs)."""
+    """On a GPU (or the simulated card), refuse to start when the model cannot fit in the free memory."""
+    from helpers.costs import simulated_probe
     from helpers.engine import choose_device
 
-    if choose_device(settings.device).startswith("cuda"):
+    device = choose_device(settings.device)
+    if device.startswith("cuda") or (settings.device != "cpu" and simulated_probe() is not None):
         status = check_gpu_memory(settings, probe)
         logger.info("GPU memory: %s", status.describe())
 

@@ -37,6 +37,15 @@ Which ``Settings`` become which vLLM flags (:func:`vllm_command`):
   parameter`` and compact JSON (``disable_any_whitespace``): forced calls and ``response_format``
   constrained as ours are
 - dtype ``auto`` -> ``float32`` on the CPU build (as our engine does), else the model's own
+- ``--gpu-memory-utilization`` is always passed (default 0.9, vLLM's own; ``gpu_memory_utilization=``
+  or the same flag after ``--`` changes it)
+
+vLLM reserves utilization x the card's total at start-up and refuses to start when
+less than that is free. :func:`start_vllm` applies the same rule first
+(:func:`check_vllm_fits`, on the real card through ``nvidia-smi`` or on the simulated
+one, ``QWEN3VL_SIMULATE_GPU``) and says what holds the memory and what to do, before
+vLLM's own traceback. :func:`side_by_side` computes budgets with which our server and
+vLLM fit on one card together (notebook 07 compares them).
 """
 
 from __future__ import annotations
@@ -53,6 +62,14 @@ from typing import Any
 
 from helpers import launcher
 from helpers.config import PIXELS_PER_TOKEN, ConfigError, ModelNotFoundError, Settings
+from helpers.costs import (
+    GIB,
+    MemoryProbe,
+    NotEnoughGPUMemory,
+    default_probe,
+    gpu_count,
+    reservation_estimate,
+)
 from helpers.vllm_setup import QUIET_ENV, build_mismatch, choose_venv, has_nvidia_gpu, venv_python
 
 # `vllm serve` (the documented CLI) fails in the CPU build with PackageNotFoundError: its
@@ -64,6 +81,8 @@ DEMO_CPU_KVCACHE_GIB = "1"
 # Qwen3-VL writes tool calls as <tool_call>{"name": ..., "arguments": ...}</tool_call>, the Hermes
 # format: vLLM 0.32 registers that parser as "hermes" (vllm/tool_parsers/__init__.py).
 TOOL_CALL_PARSER = "hermes"
+# vLLM's default share of the card's total memory; always passed, so the command says it.
+DEFAULT_GPU_MEMORY_UTILIZATION = 0.9
 
 
 def vllm_venv() -> Path:
@@ -161,6 +180,7 @@ def vllm_command(
     cpu: bool | None = None,
     extra_args: Sequence[str] = (),
     run_dir: Path = launcher.RUN_DIR,
+    gpu_memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION,
 ) -> list[str]:
     """The vLLM server command line for ``settings`` (see the module docstring for the mapping).
 
@@ -218,6 +238,8 @@ def vllm_command(
         command += ["--api-key", settings.api_key]
     if settings.allowed_local_media_path:
         command += ["--allowed-local-media-path", str(Path(settings.allowed_local_media_path[0]).resolve())]
+    if "--gpu-memory-utilization" not in extra_args:
+        command += ["--gpu-memory-utilization", f"{gpu_memory_utilization:g}"]
     if cpu:
         # No CUDA graphs to capture on a CPU; eager mode and no multimodal memory profiling
         # cut the start-up from ~3 min to ~2 min on two cores.
@@ -244,6 +266,101 @@ def printable(command: Sequence[str], env: dict[str, str] | None = None) -> str:
     return (prefix + " " if prefix else "") + " ".join(words)
 
 
+def flag_value(command: Sequence[str], flag: str) -> str | None:
+    """The value of the last ``flag`` in ``command`` (argparse's rule: the last one wins), or None."""
+    value = None
+    for i, word in enumerate(command):
+        if word == flag and i + 1 < len(command):
+            value = command[i + 1]
+        elif word.startswith(flag + "="):
+            value = word.split("=", 1)[1]
+    return value
+
+
+def check_vllm_fits(
+    settings: Settings, command: Sequence[str], probe: MemoryProbe | None = None
+) -> dict[str, Any] | None:
+    """vLLM's start-up rule before starting it: free memory >= utilization x total, enough GPUs.
+
+    ``probe`` reads (free, total) of the configured device (default: ``nvidia-smi``,
+    or the simulated card). Returns ``{"free", "total", "reserve", "simulated"}``, None
+    without a GPU (the CPU build); raises :class:`NotEnoughGPUMemory` saying what holds
+    the memory and what to do.
+    """
+    tensor_parallel = int(flag_value(command, "--tensor-parallel-size") or 1)
+    reading = (probe or default_probe(settings, use_torch=False))()
+    if reading is None:
+        return None
+    if tensor_parallel > 1 and (count := gpu_count()) < tensor_parallel:
+        raise NotEnoughGPUMemory(
+            f"--tensor-parallel-size {tensor_parallel} 需要 {tensor_parallel} 块 GPU，这里只有 {count} 块。"
+            "去掉这个参数，或者换一台有多块 GPU 的机器。\n"
+            f"--tensor-parallel-size {tensor_parallel} needs {tensor_parallel} GPUs; {count} visible here."
+        )
+    free, total = reading[0], reading[1]
+    utilization = float(flag_value(command, "--gpu-memory-utilization") or DEFAULT_GPU_MEMORY_UTILIZATION)
+    reserve = int(utilization * total)
+    simulated = getattr(reading, "simulated", None)
+    if free < reserve:
+        card = simulated or "GPU"
+        held = "；".join(getattr(reading, "holders", ())) or "用 `nvidia-smi` 查看占用显存的进程"
+        fits = int(free / total * 100) / 100
+        raise NotEnoughGPUMemory(
+            f"vLLM 启动时要预占 --gpu-memory-utilization {utilization:g} × {total / GIB:.1f} GiB = "
+            f"{reserve / GIB:.1f} GiB，但 {card} 只有 {free / GIB:.1f} GiB 空闲。\n"
+            f"  占着显存的：{held}\n"
+            "  解决：先停掉我们的服务（launcher.stop_server(...) 或 `fuser -k 6006/tcp`）、关掉加载过模型的"
+            f"内核，或者把 --gpu-memory-utilization 调到 {fits:.2f} 以下（helpers.vllm_server.side_by_side"
+            "可以算出两个服务同时放得下的预算）。\n"
+            f"vLLM reserves --gpu-memory-utilization {utilization:g} x {total / GIB:.1f} GiB = "
+            f"{reserve / GIB:.1f} GiB at start-up and refuses to start with less free; "
+            f"{free / GIB:.1f} GiB is free{' (simulated card)' if simulated else ''}. Stop our server "
+            "(or other kernels holding the model) first, or lower --gpu-memory-utilization."
+        )
+    return {"free": free, "total": total, "reserve": reserve, "simulated": simulated}
+
+
+def side_by_side(
+    settings: Settings, probe: MemoryProbe | None = None, lengths: Sequence[int] = (32768, 16384, 8192, 4096)
+) -> dict[str, Any]:
+    """Budgets with which our server and vLLM fit on one card together, from the free memory now.
+
+    The longest ``max_model_len`` (at most the setting) for which our server's estimate
+    (:func:`helpers.costs.reservation_estimate`) fits twice in the free memory: once for
+    our server, once inside vLLM's share, which is the rest of the free memory as
+    ``gpu_memory_utilization`` (at most vLLM's default 0.9). Without a GPU: the settings'
+    length and the default. Raises :class:`NotEnoughGPUMemory` when not even the
+    shortest length fits twice: run the two one after the other instead.
+    """
+    reading = (probe or default_probe(settings, use_torch=False))()
+    if reading is None:
+        return {
+            "max_model_len": settings.max_model_len,
+            "gpu_memory_utilization": DEFAULT_GPU_MEMORY_UTILIZATION,
+            "ours_bytes": 0,
+            "vllm_bytes": 0,
+            "simulated": None,
+        }
+    free, total = reading[0], reading[1]
+    candidates = sorted({settings.max_model_len, *(n for n in lengths if n <= settings.max_model_len)})[::-1]
+    for length in candidates:
+        ours = reservation_estimate(settings.replace(max_model_len=length)).total
+        utilization = min(DEFAULT_GPU_MEMORY_UTILIZATION, int((free - ours) / total * 100) / 100)
+        if utilization * total >= ours:  # vLLM's share holds the weights and one full request too
+            return {
+                "max_model_len": length,
+                "gpu_memory_utilization": utilization,
+                "ours_bytes": ours,
+                "vllm_bytes": int(utilization * total),
+                "simulated": getattr(reading, "simulated", None),
+            }
+    raise NotEnoughGPUMemory(
+        f"我们的服务和 vLLM 同时放不下：{free / GIB:.1f} GiB 空闲，最短的上下文 {candidates[-1]} 也要 2 × "
+        f"{ours / GIB:.1f} GiB。先测我们的服务、停掉它，再启动 vLLM。\n"
+        f"Our server and vLLM do not fit together in {free / GIB:.1f} GiB free: run them one after the other."
+    )
+
+
 def start_vllm(
     settings: Settings,
     port: int | None = None,
@@ -252,8 +369,17 @@ def start_vllm(
     venv: Path | None = None,
     run_dir: Path = launcher.RUN_DIR,
     verbose: bool = True,
+    gpu_memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION,
+    probe: MemoryProbe | None = None,
 ) -> launcher.ServerProcess:
-    """Start vLLM for ``settings`` in the background and return once its ``/health`` answers 200."""
+    """Start vLLM for ``settings`` in the background and return once its ``/health`` answers 200.
+
+    First applies vLLM's own start-up rule (:func:`check_vllm_fits`, ``probe``) so a full
+    card gets our message, not vLLM's traceback. On the simulated card the running vLLM
+    holds utilization x total for as long as its process lives.
+    """
+    from helpers import simulated_gpu
+
     if port is not None:
         settings = settings.replace(port=port)
     python = vllm_python(venv)
@@ -263,12 +389,21 @@ def start_vllm(
         raise RuntimeError(mismatch)
     model_dir = settings.resolve_model_path()
     write_generation_defaults(settings, model_dir, generation_defaults_dir(settings, run_dir))
-    command = vllm_command(settings, python, model_dir, cpu=cpu, extra_args=extra_args, run_dir=run_dir)
+    command = vllm_command(
+        settings,
+        python,
+        model_dir,
+        cpu=cpu,
+        extra_args=extra_args,
+        run_dir=run_dir,
+        gpu_memory_utilization=gpu_memory_utilization,
+    )
+    fits = check_vllm_fits(settings, command, probe)
     env = vllm_env(settings, cpu)
     if verbose:
         print(printable(command, env), flush=True)
     connect_host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
-    return launcher.start_process(
+    server = launcher.start_process(
         command,
         settings.port,
         connect_host,
@@ -278,6 +413,14 @@ def start_vllm(
         run_dir=run_dir,
         log_name="vllm",
     )
+    card = simulated_gpu.card()
+    if fits is not None and card is not None:
+        try:
+            simulated_gpu.reserve(card, fits["reserve"], f"vLLM（端口 {settings.port}）", pid=server.pid)
+        except simulated_gpu.SimulatedOutOfMemory:
+            stop_vllm(server)
+            raise
+    return server
 
 
 def stop_vllm(server: launcher.ServerProcess) -> None:
