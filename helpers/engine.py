@@ -30,6 +30,7 @@ from helpers.config import ConfigError, Settings
 from helpers.errors import RequestError, check_int, check_number, check_text
 from helpers.markup import PLACEHOLDER, restore_markup, shield_markup, special_tokens, text_length
 from helpers.messages import normalize_messages, vision_inputs
+from helpers.reasoning import THINK_END, opens_reasoning, split_reasoning
 from helpers.structured import Grammars, ResponseFormat, parse_response_format
 from helpers.tools import ToolCall, ToolRequest, parse_tool_calls, parse_tools, refuse_markup
 
@@ -86,12 +87,23 @@ class SamplingParams:
     ) -> SamplingParams:
         """Check every parameter and raise :class:`RequestError` with the rule it broke.
 
-        ``presence_penalty`` left out takes ``settings.presence_penalty`` (Qwen's model
-        card recommends 1.5 for the Instruct model; its generation_config omits it).
+        What a request leaves out takes the model's published settings
+        (:meth:`Settings.sampling_defaults`, from :mod:`helpers.models`: Instruct
+        temperature 0.7 / top_p 0.8 / top_k 20 / presence_penalty 1.5, Qwen3-VL
+        Thinking 1.0 / 0.95 / 20 / 0). ``max_tokens`` left out is
+        ``settings.default_max_new_tokens``; for a Thinking model, whose reasoning
+        comes first, it is Qwen's recommended answer length capped at
+        ``settings.max_new_tokens_limit``.
         """
+        defaults = settings.sampling_defaults()
         max_tokens_given = max_new_tokens is not None
         if max_new_tokens is None:
             max_new_tokens = settings.default_max_new_tokens
+            if _thinking(settings):
+                max_new_tokens = max(max_new_tokens, min(defaults.max_tokens, settings.max_new_tokens_limit))
+        temperature = defaults.temperature if temperature is None else temperature
+        top_p = defaults.top_p if top_p is None else top_p
+        top_k = defaults.top_k if top_k is None else top_k
         check_int("max_tokens", max_new_tokens, 1, settings.max_new_tokens_limit)
         if temperature is not None:
             check_number("temperature", temperature, 0.0, 2.0)
@@ -118,7 +130,7 @@ class SamplingParams:
         for text in stop:
             check_text(text, "stop")
         if presence_penalty is None:
-            presence_penalty = settings.presence_penalty
+            presence_penalty = defaults.presence_penalty
         presence_penalty = check_number("presence_penalty", presence_penalty, -2.0, 2.0)
         if frequency_penalty is None:
             frequency_penalty = 0.0
@@ -167,6 +179,12 @@ class SamplingParams:
         return []
 
 
+def _thinking(settings: Settings) -> bool:
+    from helpers.models import thinking_default
+
+    return bool(thinking_default(settings.model))
+
+
 class OpenAIPenalties:
     """``presence_penalty`` and ``frequency_penalty`` with OpenAI's semantics.
 
@@ -189,6 +207,26 @@ class OpenAIPenalties:
         return scores - self.frequency * counts - self.presence * (counts > 0).to(scores.dtype)
 
 
+class AfterToken:
+    """A logits processor that starts working only after ``token`` has been generated."""
+
+    def __init__(self, inner: Any, token: int, prompt_tokens: int) -> None:
+        self.inner = inner
+        self.token = token
+        self.prompt_tokens = prompt_tokens
+        self.active = False
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if not self.active:
+            answer = input_ids[0, self.prompt_tokens :].tolist()
+            if self.token not in answer:
+                return scores
+            self.active = True
+            # The inner processor feeds its grammar what comes after the token.
+            self.inner._seen = self.prompt_tokens + answer.index(self.token) + 1
+        return self.inner(input_ids, scores)
+
+
 # -------------------------------------------------------------------- results
 @dataclass
 class Usage:
@@ -205,12 +243,14 @@ class Usage:
 
 @dataclass
 class ChatResult:
-    text: str  # with tools: the text outside the tool calls ("" when there is none)
+    text: str  # the answer; with tools: the text outside the tool calls ("" when there is none)
     finish_reason: str  # "stop" (end or a stop string), "length" (max_new_tokens) or "tool_calls"
     usage: Usage
     seconds: float = 0.0
     first_token_seconds: float | None = None
     tool_calls: list[ToolCall] = field(default_factory=list)  # OpenAI shape: call.as_openai()
+    # Thinking models: the text before </think> (helpers.reasoning); None when there is none.
+    reasoning: str | None = None
 
 
 @dataclass
@@ -220,6 +260,7 @@ class Prepared:
     inputs: Any  # transformers BatchFeature
     prompt: str
     grammar: Any = None  # the compiled xgrammar grammar for response_format / tools, if any
+    reasoning: bool = False  # the prompt opens <think>: the answer starts with reasoning
 
     @property
     def prompt_tokens(self) -> int:
@@ -382,6 +423,10 @@ class ChatStream:
             ended = stopped or (bool(ids) and ids[-1] in eos) or len(ids) < self.params.max_new_tokens
             now = time.perf_counter()
             calls: list[ToolCall] = []
+            reasoning = None
+            if self.prepared.reasoning:  # tools and JSON apply to the answer after </think>
+                reasoning, content = split_reasoning(text)
+                text = content or ""
             if self.params.tools is not None and self.params.tools.choice != "none":
                 content, calls = parse_tool_calls(text)
                 text = content or ""
@@ -392,6 +437,7 @@ class ChatStream:
                 seconds=now - self._started,
                 first_token_seconds=(first_token_at - self._started) if first_token_at else None,
                 tool_calls=calls,
+                reasoning=reasoning,
             )
         finally:
             self.cancel()  # no-op when finished; stops generation if the consumer left early
@@ -453,6 +499,49 @@ def choose_attention(setting: str, device: str) -> str:
     return "flash_attention_2"
 
 
+# The model class of each family (config.json "model_type"); both read the same processor inputs.
+MODEL_CLASSES = {
+    "qwen3_vl": "Qwen3VLForConditionalGeneration",
+    "qwen3_5": "Qwen3_5ForConditionalGeneration",
+}
+
+
+def model_class_for(path: Path) -> tuple[Any, bool]:
+    """The transformers class that loads the checkpoint in ``path``, and whether it is FP8."""
+    import json
+
+    import transformers
+
+    config = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+    model_type = config.get("model_type", "qwen3_vl")
+    if model_type not in MODEL_CLASSES:
+        raise ConfigError(
+            f"{path} holds a {model_type!r} model; this tutorial loads {', '.join(MODEL_CLASSES)} "
+            "(Qwen3-VL and Qwen3.5). Point QWEN3VL_MODEL at one of those."
+        )
+    quant = config.get("quantization_config") or {}
+    return getattr(transformers, MODEL_CLASSES[model_type]), quant.get("quant_method") == "fp8"
+
+
+def fp8_note(device: str) -> str | None:
+    """What transformers does with an FP8 checkpoint here (None: it runs in FP8)."""
+    from helpers.models import fp8_supported
+
+    if device.startswith("cuda") and fp8_supported(torch.cuda.get_device_capability(device)):
+        return None
+    where = (
+        "CPU"
+        if not device.startswith("cuda")
+        else f"GPU（计算能力 {torch.cuda.get_device_capability(device)}）"
+    )
+    return (
+        f"⚠️ FP8 权重在这台 {where} 上不能直接计算：transformers 会把它们解压回 bf16，"
+        "显存和速度都和 BF16 版一样。"
+        "要省显存：在计算能力 ≥ 8.9 的 GPU（RTX 4090 / L4 / H100）上用 vLLM（notebook 07）；"
+        "否则直接下载 BF16 版（去掉 -FP8）。"
+    )
+
+
 class EngineClosed(RuntimeError):
     """The engine was closed with :meth:`Engine.close`."""
 
@@ -475,7 +564,7 @@ class Engine:
     @classmethod
     def load(cls, settings: Settings | None = None, verbose: bool = True, **overrides: Any) -> Engine:
         """Load the configured model (``settings`` or ``QWEN3VL_*`` variables, plus overrides)."""
-        from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
+        from transformers import AutoProcessor
 
         settings = settings or Settings.from_env()
         if overrides:
@@ -489,8 +578,11 @@ class Engine:
 
             check_gpu_memory(settings)  # a clear message instead of an out-of-memory halfway through
         start = time.perf_counter()
+        model_class, fp8 = model_class_for(path)
+        if fp8 and verbose and (note := fp8_note(device)):
+            print(note)
         processor = AutoProcessor.from_pretrained(path)
-        model = Qwen3VLForConditionalGeneration.from_pretrained(
+        model = model_class.from_pretrained(
             path, dtype=dtype, attn_implementation=attention, device_map=device
         ).eval()
         engine = cls(model, processor, settings, path, device, dtype, attention, time.perf_counter() - start)
@@ -545,6 +637,15 @@ class Engine:
     def model_name(self) -> str:
         return self.settings.model
 
+    @functools.cached_property
+    def thinking(self) -> bool:
+        """Whether this model's template opens ``<think>``: its answers start with reasoning."""
+        self._check_open()
+        probe = [{"role": "user", "content": "hi"}]
+        return opens_reasoning(
+            self.processor.apply_chat_template(probe, tokenize=False, add_generation_prompt=True)
+        )
+
     @property
     def eos_token_ids(self) -> list[int]:
         eos = self.model.generation_config.eos_token_id
@@ -564,6 +665,8 @@ class Engine:
             "max_model_len": self.max_model_len,
             "demo": self.is_demo,
             "weights_gib": round(self.weight_bytes() / 1024**3, 3),
+            "thinking": self.thinking,
+            "sampling_defaults": self.settings.sampling_defaults().as_dict(),
         }
         if self.device.startswith("cuda"):
             facts["gpu"] = torch.cuda.get_device_name(self.device)
@@ -587,6 +690,10 @@ class Engine:
         ]
         if "gpu" in info:
             lines.append(f"  GPU: {info['gpu']}，已分配显存 {info['gpu_memory_allocated_gib']} GiB")
+        defaults = ", ".join(f"{k}={v}" for k, v in info["sampling_defaults"].items())
+        kind = "Thinking（先推理，再回答：reasoning_content + content）" if info["thinking"] else "Instruct"
+        lines.append(f"  类型: {kind}")
+        lines.append(f"  默认采样（请求没给时）: {defaults}")
         if self.is_demo:
             lines.append("  ⚠️ 演示模型（随机权重）：回答是噪声，只用来演示流程")
         return "\n".join(lines)
@@ -649,7 +756,9 @@ class Engine:
         inputs = restore_markup(inputs, hidden, self.processor.tokenizer)
         for text in hidden:  # the readable prompt shows what the user typed
             prompt = prompt.replace(PLACEHOLDER, text, 1)
-        return Prepared(inputs=inputs, prompt=prompt, grammar=self._grammar(params))
+        return Prepared(
+            inputs=inputs, prompt=prompt, grammar=self._grammar(params), reasoning=opens_reasoning(prompt)
+        )
 
     def _grammar(self, params: SamplingParams | None) -> Any:
         """The compiled grammar that ``params`` ask for: a tool call's shape wins over response_format."""
@@ -717,8 +826,19 @@ class Engine:
         return self.stream_chat(messages, **params).text()
 
     def _constraint(self, prepared: Prepared) -> list[Any]:
-        """The grammar's logits processor (first, so penalties and sampling only see allowed tokens)."""
-        return [] if prepared.grammar is None else [self.grammars.logits_processor(prepared.grammar)]
+        """The grammar's logits processor (first, so penalties and sampling only see allowed tokens).
+
+        After a ``<think>`` prompt the grammar starts once the model has written
+        ``</think>``: the reasoning is free text, the answer is constrained (vLLM
+        does the same with a reasoning parser).
+        """
+        if prepared.grammar is None:
+            return []
+        processor = self.grammars.logits_processor(prepared.grammar)
+        if prepared.reasoning:
+            end = self.processor.tokenizer.convert_tokens_to_ids(THINK_END)
+            processor = AfterToken(processor, end, prepared.prompt_tokens)
+        return [processor]
 
     def _run_generate(
         self, prepared: Prepared, params: SamplingParams, streamer: _TokenQueue, cancelled: threading.Event

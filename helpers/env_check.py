@@ -337,6 +337,32 @@ def check_bf16(devices: list[GpuDevice]) -> CheckRow:
     return CheckRow("bf16", WARN, f"不支持（计算能力 {cap}，早于 Ampere）", "QWEN3VL_DTYPE=float16")
 
 
+def check_fp8(settings: Settings, devices: list[GpuDevice]) -> CheckRow:
+    """Whether this GPU runs FP8 checkpoints (compute capability >= 8.9: Ada / Hopper), for the chosen id."""
+    from helpers.models import fp8_supported, model_spec
+
+    spec = model_spec(settings.model)
+    chosen = spec is not None and spec.fp8
+    bf16_id = spec.model_id.removesuffix("-FP8") if chosen else ""
+    if not devices:
+        value = "没有 GPU：FP8 模型需要计算能力 ≥ 8.9 的 GPU（RTX 4090、L4、L40S、H100）"
+        return CheckRow("FP8", WARN if chosen else OK, value, f"换 BF16 版：{bf16_id}" if chosen else "")
+    cap = ".".join(map(str, devices[0].capability))
+    if fp8_supported(devices[0].capability):
+        return CheckRow(
+            "FP8", OK, f"支持（计算能力 {cap} ≥ 8.9）：-FP8 模型权重约为 BF16 的 60%，用 vLLM 最快"
+        )
+    value = f"不支持（计算能力 {cap} < 8.9，早于 Ada）"
+    if not chosen:
+        return CheckRow("FP8", OK, value + "：用 BF16 模型（现在的选择就是）")
+    return CheckRow(
+        "FP8",
+        FAIL,
+        value + f"：vLLM 不能运行 {settings.model}，transformers 会把它解压回 bf16（不省显存）",
+        f"换 BF16 版：QWEN3VL_MODEL={bf16_id}",
+    )
+
+
 def check_ram(settings: Settings) -> CheckRow:
     total, available = memory_info()
     need = RAM_FOR_DEMO if settings.is_demo else RAM_FOR_4B
@@ -493,7 +519,7 @@ def check_weights(settings: Settings) -> CheckRow:
     if settings.is_demo:
         from helpers.demo_model import demo_checkpoint_dir
 
-        built = (demo_checkpoint_dir() / "config.json").is_file()
+        built = (demo_checkpoint_dir(settings.model) / "config.json").is_file()
         state = "已生成" if built else "首次使用时自动生成（约 2 秒）"
         return CheckRow(name, OK, f"演示模型 demo：{state}")
     folder = settings.model_dir()
@@ -539,6 +565,7 @@ def check_fit(settings: Settings, devices: list[GpuDevice]) -> CheckRow:
 
     name = "显存估算（默认预算）"
     shape, prefix = QWEN3_VL_4B, ""
+    precision = "FP8" if shape_for_model(settings.model) and "FP8" in settings.model.upper() else "bf16"
     if settings.is_demo:
         prefix = "演示模式，按 4B 计算："
     elif has_weights(settings.model_dir()):
@@ -549,7 +576,7 @@ def check_fit(settings: Settings, devices: list[GpuDevice]) -> CheckRow:
         prefix = f"不认识 {settings.model} 的大小，按 4B 估算："
     tokens = max_request_tokens(settings)
     estimate = memory_estimate(shape, tokens)
-    need = f"{prefix}{shape.name} bf16 + 最大请求 {tokens} token 需要约 {format_bytes(estimate.total)}"
+    need = f"{prefix}{shape.name} {precision} + 最大请求 {tokens} token 需要约 {format_bytes(estimate.total)}"
     too_big_for_4090 = not estimate.fits(24 * GIB)
     if too_big_for_4090:
         need += "；一张 24 GB 的 RTX 4090 放不下"
@@ -593,6 +620,7 @@ def run_checks(settings: Settings | None = None, environ: Mapping[str, str] | No
         ("CUDA", lambda: check_cuda(info, devices, driver, gpu_needed)),
         ("NVIDIA 驱动", lambda: check_driver(info, devices, driver, gpu_needed)),
         ("bf16", lambda: check_bf16(devices)),
+        ("FP8", lambda: check_fp8(settings, devices)),
         ("内存", lambda: check_ram(settings)),
         ("transformers", lambda: check_transformers(pins)),
         ("qwen-vl-utils", lambda: check_pin("qwen-vl-utils", pins)),

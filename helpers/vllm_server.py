@@ -31,6 +31,9 @@ Which ``Settings`` become which vLLM flags (:func:`vllm_command`):
 - presence_penalty, default_max_new_tokens -> ``--override-generation-config`` (what a request
   that leaves them out gets, as with our server)
 - dtype ``auto`` -> ``float32`` on the CPU build (as our engine does), else the model's own
+- a Thinking model (helpers.models) -> ``--reasoning-parser qwen3``, so that vLLM returns the
+  reasoning apart from the answer as our server does (vLLM 0.32 names the field ``reasoning``;
+  our server sends it as ``reasoning_content`` and ``reasoning``)
 """
 
 from __future__ import annotations
@@ -115,6 +118,14 @@ def _processor_kwargs(settings: Settings) -> dict[str, Any]:
     }
 
 
+def model_flags(model: str) -> list[str]:
+    """The model's own flags from helpers.models (``--reasoning-parser qwen3`` for Thinking models)."""
+    from helpers.models import model_spec
+
+    spec = model_spec(model)
+    return spec.vllm_flags() if spec is not None else []
+
+
 def vllm_command(
     settings: Settings,
     python: Path | str,
@@ -154,9 +165,13 @@ def vllm_command(
         json.dumps({"video": {"num_frames": settings.video_max_frames}}),
         "--override-generation-config",
         json.dumps(
-            {"presence_penalty": settings.presence_penalty, "max_new_tokens": settings.default_max_new_tokens}
+            {
+                "presence_penalty": settings.sampling_defaults().presence_penalty,
+                "max_new_tokens": settings.default_max_new_tokens,
+            }
         ),
     ]
+    command += model_flags(settings.model)
     if settings.api_key:
         command += ["--api-key", settings.api_key]
     if settings.allowed_local_media_path:

@@ -552,7 +552,7 @@ def mount_ui(
         images_dir=IMAGES_DIR,
         max_tokens_limit=settings.max_new_tokens_limit,
         default_max_tokens=settings.default_max_new_tokens,
-        default_presence_penalty=settings.presence_penalty,
+        default_presence_penalty=settings.sampling_defaults().presence_penalty,
         concurrency=settings.max_queue + 1,  # more would only meet the server's 429
     )
     page = build_page(config)
