@@ -62,6 +62,8 @@ class SamplingParams:
     # Structured output (helpers.structured / helpers.tools): JSON answers and tool calls.
     response_format: ResponseFormat | None = None
     tools: ToolRequest | None = None
+    # chat_template_kwargs.enable_thinking (Qwen3.5's switch); None: the template's default.
+    enable_thinking: bool | None = None
 
     @property
     def greedy(self) -> bool:
@@ -84,6 +86,7 @@ class SamplingParams:
         tools: Any = None,
         tool_choice: Any = None,
         parallel_tool_calls: Any = None,
+        chat_template_kwargs: Any = None,
     ) -> SamplingParams:
         """Check every parameter and raise :class:`RequestError` with the rule it broke.
 
@@ -137,6 +140,7 @@ class SamplingParams:
         frequency_penalty = check_number("frequency_penalty", frequency_penalty, -2.0, 2.0)
         if repetition_penalty is not None:
             repetition_penalty = check_number("repetition_penalty", repetition_penalty, 0.01, 10.0)
+        enable_thinking = _enable_thinking(chat_template_kwargs)
         fmt = parse_response_format(response_format)
         tool_request = parse_tools(tools, tool_choice, parallel_tool_calls)
         if fmt is not None and fmt.constrained and tool_request and tool_request.choice == "auto":
@@ -158,6 +162,7 @@ class SamplingParams:
             max_tokens_given,
             fmt if fmt is not None and fmt.constrained else None,
             tool_request,
+            enable_thinking,
         )
 
     def generate_kwargs(self) -> dict[str, Any]:
@@ -177,6 +182,23 @@ class SamplingParams:
         if self.presence_penalty or self.frequency_penalty:
             return [OpenAIPenalties(prompt_tokens, self.presence_penalty, self.frequency_penalty)]
         return []
+
+
+def _enable_thinking(kwargs: Any) -> bool | None:
+    """``enable_thinking`` from a request's ``chat_template_kwargs``; other keys are refused."""
+    if kwargs is None:
+        return None
+    if not isinstance(kwargs, dict) or set(kwargs) - {"enable_thinking"}:
+        raise RequestError(
+            'chat_template_kwargs: only {"enable_thinking": true | false} is supported',
+            param="chat_template_kwargs",
+        )
+    value = kwargs.get("enable_thinking")
+    if value is not None and not isinstance(value, bool):
+        raise RequestError(
+            "chat_template_kwargs.enable_thinking must be true or false", param="chat_template_kwargs"
+        )
+    return value
 
 
 def _thinking(settings: Settings) -> bool:
@@ -732,11 +754,13 @@ class Engine:
         )
         tool_request = params.tools if params is not None else None
         template_tools = tool_request.template_tools() if tool_request is not None else None
+        enable_thinking = params.enable_thinking if params is not None else None
+        switch = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
         refuse_markup(
             template_tools, [m.get("tool_calls") for m in qwen_messages], specials=self._special_tokens
         )
         prompt = self.processor.apply_chat_template(
-            qwen_messages, tools=template_tools, tokenize=False, add_generation_prompt=True
+            qwen_messages, tools=template_tools, tokenize=False, add_generation_prompt=True, **switch
         )
         # process_vision_info's results, with videos at the size they were decoded to (no second resize)
         images, videos, video_kwargs = vision_inputs(qwen_messages)
@@ -757,7 +781,11 @@ class Engine:
         for text in hidden:  # the readable prompt shows what the user typed
             prompt = prompt.replace(PLACEHOLDER, text, 1)
         return Prepared(
-            inputs=inputs, prompt=prompt, grammar=self._grammar(params), reasoning=opens_reasoning(prompt)
+            inputs=inputs,
+            prompt=prompt,
+            grammar=self._grammar(params),
+            # enable_thinking false: no split, as vLLM's qwen3 parser does (its reasoning stays in content)
+            reasoning=opens_reasoning(prompt) and enable_thinking is not False,
         )
 
     def _grammar(self, params: SamplingParams | None) -> Any:
