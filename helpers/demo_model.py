@@ -202,7 +202,20 @@ assert (
     "state.last_query %}<think>" in THINKING_CHAT_TEMPLATE
     and "assistant\n<think>\n{{" in THINKING_CHAT_TEMPLATE
 ), "the Instruct template changed: update the Thinking one"
-TEMPLATES = {"demo": CHAT_TEMPLATE, "demo-thinking": THINKING_CHAT_TEMPLATE}
+# Qwen3.5's switch, written the way its model card describes it (no copy of its template was
+# reachable either): thinking is on unless ``enable_thinking=False``, which closes an empty
+# block in the prompt so that the model answers at once.
+QWEN3_5_CHAT_TEMPLATE = THINKING_CHAT_TEMPLATE.replace(
+    "<|im_start|>assistant\n<think>\n{{ '' }}",
+    "<|im_start|>assistant\n{% if enable_thinking is defined and enable_thinking is false %}"
+    "<think>\n\n</think>\n\n{% else %}<think>\n{% endif %}",
+)
+assert "enable_thinking" in QWEN3_5_CHAT_TEMPLATE
+TEMPLATES = {
+    "demo": CHAT_TEMPLATE,
+    "demo-thinking": THINKING_CHAT_TEMPLATE,
+    "demo-qwen3.5": QWEN3_5_CHAT_TEMPLATE,
+}
 
 
 def _cache_root() -> Path:
@@ -293,6 +306,62 @@ def demo_config():
     )
 
 
+def demo_qwen3_5_config():
+    """A tiny Qwen3.5 configuration: 3 Gated DeltaNet layers + 1 attention layer, Qwen3's vocabulary.
+
+    The real Qwen3.5 vocabulary (248,320 tokens, other special-token ids) is not
+    available offline, so this demo keeps Qwen3's tokenizer and token ids; the
+    classes and the hybrid layer layout are Qwen3.5's.
+    """
+    from transformers import Qwen3_5Config
+
+    text_config = {
+        "vocab_size": VOCAB_SIZE,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 4,  # layer_types: 3 x linear_attention, then full_attention
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 32,
+        "linear_key_head_dim": 16,
+        "linear_value_head_dim": 16,
+        "linear_num_key_heads": 2,
+        "linear_num_value_heads": 4,
+        "max_position_embeddings": 32768,
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": 10_000_000.0,
+            "partial_rotary_factor": 0.25,  # rotary on 8 of 32 dims, as Qwen3.5 (64 of 256)
+            "mrope_section": [2, 1, 1],
+            "mrope_interleaved": True,
+        },
+        "tie_word_embeddings": False,
+        "bos_token_id": 151643,
+        "eos_token_id": 151645,
+        "pad_token_id": 151643,
+    }
+    vision_config = {
+        "depth": 2,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_heads": 2,
+        "patch_size": 16,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "out_hidden_size": text_config["hidden_size"],
+        "num_position_embeddings": 256,
+    }
+    return Qwen3_5Config(
+        text_config=text_config,
+        vision_config=vision_config,
+        image_token_id=IMAGE_TOKEN_ID,
+        video_token_id=VIDEO_TOKEN_ID,
+        vision_start_token_id=VISION_START_TOKEN_ID,
+        vision_end_token_id=VISION_END_TOKEN_ID,
+        tie_word_embeddings=False,
+    )
+
+
 def demo_processor(kind: str = "demo"):
     """A Qwen3VLProcessor with the real vocabulary, 4B-like image/video settings and ``kind``'s template."""
     from transformers import AutoTokenizer, Qwen3VLProcessor
@@ -322,14 +391,21 @@ def demo_processor(kind: str = "demo"):
 def build_demo_checkpoint(dest: Path, kind: str = "demo") -> Path:
     """Write a fresh demo checkpoint ``kind`` into ``dest`` (which must not exist yet)."""
     import torch
-    from transformers import GenerationConfig, Qwen3VLForConditionalGeneration
+    from transformers import (
+        GenerationConfig,
+        Qwen3_5ForConditionalGeneration,
+        Qwen3VLForConditionalGeneration,
+    )
 
-    thinking = _check_kind(kind) == "demo-thinking"
+    thinking = _check_kind(kind) != "demo"
     torch.manual_seed(SEED)
-    config = demo_config()
-    if thinking:  # its own LM head row for </think> (below)
-        config.tie_word_embeddings = config.text_config.tie_word_embeddings = False
-    model = Qwen3VLForConditionalGeneration(config)
+    if kind == "demo-qwen3.5":
+        model = Qwen3_5ForConditionalGeneration(demo_qwen3_5_config())
+    else:
+        config = demo_config()
+        if thinking:  # its own LM head row for </think> (below)
+            config.tie_word_embeddings = config.text_config.tie_word_embeddings = False
+        model = Qwen3VLForConditionalGeneration(config)
     generator = torch.Generator().manual_seed(SEED)
     with torch.no_grad():
         for name, param in sorted(model.named_parameters()):
@@ -342,10 +418,14 @@ def build_demo_checkpoint(dest: Path, kind: str = "demo") -> Path:
     model.generation_config = GenerationConfig(**defaults)
     model.save_pretrained(dest)
     demo_processor(kind).save_pretrained(dest)
-    real = "Qwen3-VL-4B-Thinking" if thinking else "Qwen3-VL-4B-Instruct"
+    real = {
+        "demo": "Qwen3-VL-4B-Instruct",
+        "demo-thinking": "Qwen3-VL-4B-Thinking",
+        "demo-qwen3.5": "Qwen3.5-4B",
+    }
     (dest / "DEMO_MODEL.txt").write_text(
-        f"Tiny random Qwen3-VL checkpoint '{kind}' built by helpers/demo_model.py.\n"
-        f"Same architecture and vocabulary as {real}; answers are noise.\n",
+        f"Tiny random checkpoint '{kind}' built by helpers/demo_model.py.\n"
+        f"Same architecture classes as {real[kind]}; answers are noise.\n",
         encoding="utf-8",
     )
     return dest

@@ -753,6 +753,13 @@ class Engine:
             normalize_messages(messages, self.settings), self._special_tokens
         )
         tool_request = params.tools if params is not None else None
+        if tool_request is not None and self.model.config.model_type == "qwen3_5":
+            raise RequestError(
+                "tools are not supported with Qwen3.5 on this server: Qwen3.5 writes tool calls in the"
+                " qwen3_coder XML format, which helpers.tools does not parse. Use a Qwen3-VL model, or vLLM"
+                " (notebook 07) with --enable-auto-tool-choice --tool-call-parser qwen3_coder",
+                param="tools",
+            )
         template_tools = tool_request.template_tools() if tool_request is not None else None
         enable_thinking = params.enable_thinking if params is not None else None
         switch = {} if enable_thinking is None else {"enable_thinking": enable_thinking}

@@ -42,7 +42,6 @@ re-read from the hub and are estimates):
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -130,8 +129,7 @@ class ModelSpec:
     fp8: bool
     sampling: SamplingDefaults
     demo: bool = False
-    # Qwen3.5 needs a newer vLLM than the CPU build of the tutorial (0.32 knows only qwen3_vl).
-    notes: tuple[str, ...] = field(default=())
+    notes: tuple[str, ...] = field(default=())  # where this family differs (shown by notebook 08)
 
     @property
     def name(self) -> str:
@@ -182,8 +180,10 @@ def _qwen3_vl_specs() -> list[ModelSpec]:
 
 
 QWEN3_5_NOTE = (
-    "Qwen3.5 needs transformers >= 5.x with qwen3_5 (5.24 has it) and a vLLM release that knows "
-    "Qwen3_5ForConditionalGeneration; the tutorial's vLLM CPU build (0.32) does not serve it."
+    "Qwen3.5 needs transformers >= 5.x with qwen3_5 (5.24 has it; vLLM 0.32 registers "
+    "Qwen3_5ForConditionalGeneration, with a CPU kernel for its Gated DeltaNet layers); it writes tool "
+    "calls in the qwen3_coder XML format, which this tutorial's server does not parse (vLLM: "
+    "--tool-call-parser qwen3_coder)."
 )
 
 MODELS: tuple[ModelSpec, ...] = (
@@ -227,12 +227,6 @@ def thinking_default(model: str) -> bool | None:
 def fp8_supported(capability: tuple[int, int] | None) -> bool:
     """FP8 checkpoints need compute capability >= 8.9 (Ada: RTX 4090, L4, L40S; Hopper: H100, H20)."""
     return capability is not None and tuple(capability) >= FP8_MIN_COMPUTE_CAPABILITY
-
-
-def size_of(model: str) -> str | None:
-    """The size in an id ("...-8B-..." -> "8B") even for ids not in the registry."""
-    match = re.search(r"(\d+(?:\.\d+)?B)(?![A-Za-z0-9])", str(model))
-    return match.group(1).upper() if match else None
 
 
 __all__: Sequence[str] = (
