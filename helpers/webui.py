@@ -167,6 +167,14 @@ class ApiClient:
         Leaving the loop early (the stop button) closes the connection, and the
         server stops generating.
         """
+        async for kind, piece in self.stream_parts(messages, **params):
+            if kind == "content":
+                yield piece
+
+    async def stream_parts(
+        self, messages: list[dict[str, Any]], **params: Any
+    ) -> AsyncIterator[tuple[str, str]]:
+        """``("reasoning", text)`` and ``("content", text)`` pieces (Thinking models send reasoning first)."""
         import httpx
 
         try:
@@ -188,9 +196,12 @@ class ApiClient:
                     if "error" in chunk:  # an error after the stream began (OpenAI style)
                         raise UiError(error_message(0, data))
                     for choice in chunk.get("choices") or []:
-                        piece = (choice.get("delta") or {}).get("content")
-                        if piece:
-                            yield piece
+                        delta = choice.get("delta") or {}
+                        # reasoning_content (our server, DashScope) or reasoning (vLLM 0.32)
+                        if thought := delta.get("reasoning_content") or delta.get("reasoning"):
+                            yield "reasoning", thought
+                        if piece := delta.get("content"):
+                            yield "content", piece
         except httpx.HTTPError as exc:
             raise UiError(f"无法连接服务器 {self.base_url}（{type(exc).__name__}: {exc}）") from None
 
@@ -424,13 +435,22 @@ def build_page(config: PageConfig) -> gr.Blocks:
             "presence_penalty": float(presence_penalty),
         }
         pieces: list[str] = []
+        thoughts: list[str] = []
         session.display.append({"role": "assistant", "content": ""})
         try:
             messages = await asyncio.to_thread(session.messages)
-            async for piece in client.stream_chat(messages, **params):
-                pieces.append(piece)
-                session.display[-1] = {"role": "assistant", "content": "".join(pieces)}
+            async for kind, piece in client.stream_parts(messages, **params):
+                if kind == "reasoning":  # folded above the answer (a Gradio "thought" message)
+                    if not thoughts:
+                        session.display.insert(-1, reasoning_bubble(""))
+                    thoughts.append(piece)
+                    session.display[-2] = reasoning_bubble("".join(thoughts))
+                else:
+                    pieces.append(piece)
+                    session.display[-1] = {"role": "assistant", "content": "".join(pieces)}
                 yield session.display, gr.update()
+            if thoughts:
+                session.display[-2] = reasoning_bubble("".join(thoughts), done=True)
             turn.answer = "".join(pieces)
             overlay = grounding_overlay(turn.answer, session.last_image())
             if not turn.answer:
@@ -514,6 +534,12 @@ def build_page(config: PageConfig) -> gr.Blocks:
     return page
 
 
+def reasoning_bubble(text: str, done: bool = False) -> dict[str, Any]:
+    """A Thinking model's reasoning as a foldable message (shown open while it streams, folded when done)."""
+    metadata = {"title": "💭 推理过程（reasoning_content）", "status": "done" if done else "pending"}
+    return {"role": "assistant", "content": text, "metadata": metadata}
+
+
 def error_bubble(message: str) -> dict[str, Any]:
     return {"role": "assistant", "content": f"⚠️ 出错了：{message}"}
 
@@ -552,6 +578,9 @@ def mount_ui(
         images_dir=IMAGES_DIR,
         max_tokens_limit=settings.max_new_tokens_limit,
         default_max_tokens=settings.default_max_new_tokens,
+        # The model's published settings (helpers.models): Instruct and Thinking differ.
+        default_temperature=settings.sampling_defaults().temperature,
+        default_top_p=settings.sampling_defaults().top_p,
         default_presence_penalty=settings.sampling_defaults().presence_penalty,
         concurrency=settings.max_queue + 1,  # more would only meet the server's 429
     )
