@@ -172,3 +172,23 @@ def test_health_shows_the_variant_and_its_defaults(live):
     health = requests.get(f"{live.base_url}/health", timeout=10).json()
     assert health["thinking"] is True
     assert health["sampling_defaults"]["top_p"] == 0.95
+
+
+def test_a_required_tool_call_comes_after_the_reasoning(thinking):
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "area",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"w": {"type": "integer"}},
+                    "required": ["w"],
+                    "additionalProperties": False,
+                },
+            },
+        }
+    ]
+    result = thinking.chat(HELLO, max_new_tokens=96, temperature=0, tools=tools, tool_choice="required")
+    assert result.reasoning and "<tool_call>" not in result.reasoning
+    assert [call.name for call in result.tool_calls] == ["area"] and result.finish_reason == "tool_calls"
