@@ -165,6 +165,19 @@ class SamplingParams:
             enable_thinking,
         )
 
+    @classmethod
+    def defaults(cls, settings: Settings) -> dict[str, Any]:
+        """What a request that leaves every sampling parameter out gets (shown by /health and describe())."""
+        chosen = cls.build(settings)
+        return {
+            "temperature": chosen.temperature,
+            "top_p": chosen.top_p,
+            "top_k": chosen.top_k,
+            "presence_penalty": chosen.presence_penalty,
+            "max_tokens": chosen.max_new_tokens,
+            "source": settings.sampling_defaults().source,
+        }
+
     def generate_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens}
         if self.repetition_penalty is not None:
@@ -688,7 +701,7 @@ class Engine:
             "demo": self.is_demo,
             "weights_gib": round(self.weight_bytes() / 1024**3, 3),
             "thinking": self.thinking,
-            "sampling_defaults": self.settings.sampling_defaults().as_dict(),
+            "sampling_defaults": SamplingParams.defaults(self.settings),
         }
         if self.device.startswith("cuda"):
             facts["gpu"] = torch.cuda.get_device_name(self.device)
@@ -712,7 +725,7 @@ class Engine:
         ]
         if "gpu" in info:
             lines.append(f"  GPU: {info['gpu']}，已分配显存 {info['gpu_memory_allocated_gib']} GiB")
-        defaults = ", ".join(f"{k}={v}" for k, v in info["sampling_defaults"].items())
+        defaults = ", ".join(f"{k}={v}" for k, v in info["sampling_defaults"].items() if k != "source")
         kind = "Thinking（先推理，再回答：reasoning_content + content）" if info["thinking"] else "Instruct"
         lines.append(f"  类型: {kind}")
         lines.append(f"  默认采样（请求没给时）: {defaults}")

@@ -304,7 +304,7 @@ def create_app(
             "uptime_s": round(time.time() - holder.started, 1),
             "queue": queue.stats(),
             "supported_formats": ["text", "image", "video"],
-            "sampling_defaults": settings.sampling_defaults().as_dict(),
+            "sampling_defaults": SamplingParams.defaults(settings),
         }
         if holder.engine is None:
             body["status"] = "error" if holder.error else "loading"
