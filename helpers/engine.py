@@ -296,6 +296,9 @@ class Prepared:
     prompt: str
     grammar: Any = None  # the compiled xgrammar grammar for response_format / tools, if any
     reasoning: bool = False  # the prompt opens <think>: the answer starts with reasoning
+    # A thinking-capable model (its template opens <think>), answered as vLLM's qwen3 parser does even
+    # when this request turned thinking off: a stray </think> in the answer is dropped.
+    parsed: bool = False
 
     @property
     def prompt_tokens(self) -> int:
@@ -462,6 +465,8 @@ class ChatStream:
             if self.prepared.reasoning:  # tools and JSON apply to the answer after </think>
                 reasoning, content = split_reasoning(text)
                 text = content or ""
+            elif self.prepared.parsed:
+                text = text.replace(THINK_END, "")
             if self.params.tools is not None and self.params.tools.choice != "none":
                 content, calls = parse_tool_calls(text)
                 text = content or ""
@@ -806,6 +811,7 @@ class Engine:
             grammar=self._grammar(params),
             # enable_thinking false: no split, as vLLM's qwen3 parser does (its reasoning stays in content)
             reasoning=opens_reasoning(prompt) and enable_thinking is not False,
+            parsed=self.thinking,
         )
 
     def _grammar(self, params: SamplingParams | None) -> Any:

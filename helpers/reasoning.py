@@ -64,8 +64,8 @@ class ReasoningStream:
     until it is known. Joined, the events equal :func:`split_reasoning`.
     """
 
-    def __init__(self) -> None:
-        self.state = REASONING
+    def __init__(self, state: str = REASONING) -> None:
+        self.state = state  # CONTENT: thinking turned off for this request (only stray </think> dropped)
         self._buffer = ""
 
     def feed(self, piece: str) -> Iterator[tuple[str, str]]:

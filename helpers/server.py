@@ -58,7 +58,7 @@ from helpers.protocol import (
     completion_id,
     error_body,
 )
-from helpers.reasoning import REASONING, ReasoningStream
+from helpers.reasoning import CONTENT, REASONING, ReasoningStream
 from helpers.tools import ToolCallStream
 
 logger = logging.getLogger("qwen3vl.server")
@@ -527,7 +527,8 @@ class Service:
                 yield from deltas(calls.feed(piece))
 
         # Thinking models: reasoning deltas first, then the answer (helpers.reasoning).
-        thoughts = ReasoningStream() if stream.prepared.reasoning else None
+        prepared = stream.prepared
+        thoughts = ReasoningStream(REASONING if prepared.reasoning else CONTENT) if prepared.parsed else None
 
         def split(events) -> Iterator[str]:
             for kind, text in events:
