@@ -5,6 +5,8 @@ Both servers run ``demo-thinking`` (the Qwen3-VL Thinking template opens
 ``qwen3`` parser and :mod:`helpers.reasoning` must then cut them into the same
 reasoning and answer, plain and streamed. vLLM 0.32 names the field
 ``reasoning``; our server sends it as ``reasoning_content`` and ``reasoning``.
+One difference found here: vLLM keeps a repeated ``</think>`` in streamed
+content but not in the plain answer; ours drops it in both.
 """
 
 from __future__ import annotations
@@ -74,4 +76,7 @@ def test_both_servers_stream_reasoning_before_the_same_answer(thinking_servers):
             "".join(getattr(d, "reasoning", None) or "" for d in deltas),
             "".join(d.content or "" for d in deltas),
         )
-    assert joined["ours"] == joined["vllm"]
+    # vLLM 0.32 drops a repeated </think> from a plain answer (its extract_reasoning) but keeps it in
+    # streamed content deltas (measured 2026-12-05); our server drops it in both, as in the plain answer.
+    reasoning, content = joined["vllm"]
+    assert joined["ours"] == (reasoning, content.replace("</think>", ""))
