@@ -577,7 +577,8 @@ def fp8_note(device: str) -> str | None:
     return (
         f"⚠️ FP8 权重在这台 {where} 上不能直接计算：transformers 会把它们解压回 bf16，"
         "显存和速度都和 BF16 版一样。"
-        "要省显存：在计算能力 ≥ 8.9 的 GPU（RTX 4090 / L4 / H100）上用 vLLM（notebook 07）；"
+        "要省显存：用 vLLM（notebook 07；计算能力 ≥ 7.5 时以 FP8 存权重，"
+        "≥ 8.9 的 RTX 4090 / L4 / H100 还用 FP8 计算）；"
         "否则直接下载 BF16 版（去掉 -FP8）。"
     )
 

@@ -338,28 +338,43 @@ def check_bf16(devices: list[GpuDevice]) -> CheckRow:
 
 
 def check_fp8(settings: Settings, devices: list[GpuDevice]) -> CheckRow:
-    """Whether this GPU runs FP8 checkpoints (compute capability >= 8.9: Ada / Hopper), for the chosen id."""
+    """Whether this GPU computes in FP8 (compute capability >= 8.9: Ada / Hopper), for the chosen id.
+
+    Below 8.9 an FP8 checkpoint still runs: vLLM (0.32: FP8 from capability 7.5) keeps the
+    weights in FP8 and computes in 16 bits (Marlin kernels), so memory is saved but not FP8
+    compute; transformers dequantizes them to bf16 (nothing saved). Below 7.5 neither helps.
+    """
     from helpers.models import fp8_supported, model_spec
 
     spec = model_spec(settings.model)
     chosen = spec is not None and spec.fp8
     bf16_id = spec.model_id.removesuffix("-FP8") if chosen else ""
     if not devices:
-        value = "没有 GPU：FP8 模型需要计算能力 ≥ 8.9 的 GPU（RTX 4090、L4、L40S、H100）"
-        return CheckRow("FP8", WARN if chosen else OK, value, f"换 BF16 版：{bf16_id}" if chosen else "")
-    cap = ".".join(map(str, devices[0].capability))
-    if fp8_supported(devices[0].capability):
-        return CheckRow(
-            "FP8", OK, f"支持（计算能力 {cap} ≥ 8.9）：-FP8 模型权重约为 BF16 的 60%，用 vLLM 最快"
+        value = (
+            "没有 GPU：FP8 模型要在 GPU 上才省显存（计算能力 ≥ 8.9 时还能用 FP8 计算：RTX 4090、L4、H100）"
         )
-    value = f"不支持（计算能力 {cap} < 8.9，早于 Ada）"
+        return CheckRow("FP8", WARN if chosen else OK, value, f"换 BF16 版：{bf16_id}" if chosen else "")
+    capability = devices[0].capability
+    cap = ".".join(map(str, capability))
+    if fp8_supported(capability):
+        return CheckRow(
+            "FP8",
+            OK,
+            f"支持 FP8 计算（计算能力 {cap} ≥ 8.9）：-FP8 模型权重约为 BF16 的 60%，"
+            "vLLM 和 transformers 都能跑",
+        )
+    if tuple(capability) >= (7, 5):
+        value = (
+            f"没有 FP8 计算单元（计算能力 {cap} < 8.9）：vLLM 仍能以 FP8 存权重（省显存，不提速），"
+            "transformers 会解压回 bf16"
+        )
+        fix = f"用 vLLM（notebook 07）跑 {settings.model}，或换 BF16 版：QWEN3VL_MODEL={bf16_id}"
+        return CheckRow("FP8", WARN if chosen else OK, value, fix if chosen else "")
+    value = f"不支持（计算能力 {cap} < 7.5）"
     if not chosen:
-        return CheckRow("FP8", OK, value + "：用 BF16 模型（现在的选择就是）")
+        return CheckRow("FP8", OK, value + "：用 BF16 / float16 模型（现在的选择就是）")
     return CheckRow(
-        "FP8",
-        FAIL,
-        value + f"：vLLM 不能运行 {settings.model}，transformers 会把它解压回 bf16（不省显存）",
-        f"换 BF16 版：QWEN3VL_MODEL={bf16_id}",
+        "FP8", FAIL, value + f"：{settings.model} 在这张卡上跑不起来", f"换 BF16 版：QWEN3VL_MODEL={bf16_id}"
     )
 
 

@@ -54,7 +54,9 @@ DEMO_THINKING_MODEL = "demo-thinking"
 DEMO_QWEN3_5_MODEL = "demo-qwen3.5"
 DEMO_MODELS = (DEMO_MODEL, DEMO_THINKING_MODEL, DEMO_QWEN3_5_MODEL)
 
-# FP8 compute (vLLM's and transformers' FP8 kernels) needs Ada (8.9) or Hopper (9.0) and newer.
+# FP8 compute (FP8 tensor cores) needs Ada (8.9) or Hopper (9.0) and newer. Older cards from 7.5 still
+# run FP8 checkpoints in vLLM (weights kept in FP8, 16-bit compute: Marlin kernels); transformers
+# (finegrained_fp8) dequantizes them to bf16 there.
 FP8_MIN_COMPUTE_CAPABILITY = (8, 9)
 
 
@@ -225,7 +227,7 @@ def thinking_default(model: str) -> bool | None:
 
 
 def fp8_supported(capability: tuple[int, int] | None) -> bool:
-    """FP8 checkpoints need compute capability >= 8.9 (Ada: RTX 4090, L4, L40S; Hopper: H100, H20)."""
+    """FP8 compute needs capability >= 8.9 (Ada: RTX 4090, L4, L40S; Hopper: H100, H20)."""
     return capability is not None and tuple(capability) >= FP8_MIN_COMPUTE_CAPABILITY
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from helpers import costs, download, env_check, models
 from helpers.config import Settings
-from helpers.env_check import FAIL, OK, DriverInfo, GpuDevice, TorchInfo
+from helpers.env_check import FAIL, OK, WARN, DriverInfo, GpuDevice, TorchInfo
 from helpers.vllm_server import model_flags
 
 GIB = 1024**3
@@ -119,11 +119,20 @@ def machine(monkeypatch, tmp_path):
     return rows
 
 
+VOLTA = GpuDevice("Tesla V100-SXM2-32GB", 32 * GIB, 31 * GIB, (7, 0))
+
+
 def test_the_env_check_says_whether_this_card_runs_fp8(machine):
     assert machine("Qwen/Qwen3-VL-4B-Instruct-FP8", ADA)["FP8"].status == OK
-    refused = machine("Qwen/Qwen3-VL-4B-Instruct-FP8", AMPERE)["FP8"]
-    assert refused.status == FAIL and "Qwen/Qwen3-VL-4B-Instruct" in refused.fix
-    assert machine("Qwen/Qwen3-VL-4B-Instruct", AMPERE)["FP8"].status == OK  # not asked for
+    weight_only = machine("Qwen/Qwen3-VL-4B-Instruct-FP8", AMPERE)["FP8"]  # vLLM: FP8 weights, 16-bit compute
+    assert (
+        weight_only.status == WARN
+        and "vLLM" in weight_only.fix
+        and "Qwen/Qwen3-VL-4B-Instruct" in weight_only.fix
+    )
+    refused = machine("Qwen/Qwen3-VL-4B-Instruct-FP8", VOLTA)["FP8"]
+    assert refused.status == FAIL and "QWEN3VL_MODEL=Qwen/Qwen3-VL-4B-Instruct" in refused.fix
+    assert machine("Qwen/Qwen3-VL-4B-Instruct", VOLTA)["FP8"].status == OK  # not asked for
 
 
 @pytest.mark.parametrize("model_id", ["Qwen/Qwen3-VL-8B-Thinking-FP8", "Qwen/Qwen3.5-4B"])
