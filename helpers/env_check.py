@@ -580,7 +580,6 @@ def check_fit(settings: Settings, devices: list[GpuDevice]) -> CheckRow:
 
     name = "显存估算（默认预算）"
     shape, prefix = QWEN3_VL_4B, ""
-    precision = "FP8" if shape_for_model(settings.model) and "FP8" in settings.model.upper() else "bf16"
     if settings.is_demo:
         prefix = "演示模式，按 4B 计算："
     elif has_weights(settings.model_dir()):
@@ -591,7 +590,8 @@ def check_fit(settings: Settings, devices: list[GpuDevice]) -> CheckRow:
         prefix = f"不认识 {settings.model} 的大小，按 4B 估算："
     tokens = max_request_tokens(settings)
     estimate = memory_estimate(shape, tokens)
-    need = f"{prefix}{shape.name} {precision} + 最大请求 {tokens} token 需要约 {format_bytes(estimate.total)}"
+    named = shape.name if "FP8" in shape.name.upper() else f"{shape.name} bf16"  # FP8 ids say so themselves
+    need = f"{prefix}{named} + 最大请求 {tokens} token 需要约 {format_bytes(estimate.total)}"
     too_big_for_4090 = not estimate.fits(24 * GIB)
     if too_big_for_4090:
         need += "；一张 24 GB 的 RTX 4090 放不下"
