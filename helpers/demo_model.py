@@ -323,8 +323,9 @@ def demo_qwen3_5_config():
         "num_attention_heads": 4,
         "num_key_value_heads": 2,
         "head_dim": 32,
-        "linear_key_head_dim": 16,
-        "linear_value_head_dim": 16,
+        # vLLM's CPU kernel for Gated DeltaNet takes head sizes that are multiples of 32 only.
+        "linear_key_head_dim": 32,
+        "linear_value_head_dim": 32,
         "linear_num_key_heads": 2,
         "linear_num_value_heads": 4,
         "max_position_embeddings": 32768,
