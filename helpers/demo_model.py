@@ -323,9 +323,10 @@ def demo_qwen3_5_config():
         "num_attention_heads": 4,
         "num_key_value_heads": 2,
         "head_dim": 32,
-        # vLLM's CPU kernel for Gated DeltaNet takes head sizes that are multiples of 32 only.
-        "linear_key_head_dim": 32,
-        "linear_value_head_dim": 32,
+        # 128, as the real Qwen3.5: vLLM 0.32's CPU kernel for Gated DeltaNet refuses 16
+        # ("multiples of 32") and 32 ("Unexpected head dim size").
+        "linear_key_head_dim": 128,
+        "linear_value_head_dim": 128,
         "linear_num_key_heads": 2,
         "linear_num_value_heads": 4,
         "max_position_embeddings": 32768,

@@ -182,10 +182,10 @@ def _qwen3_vl_specs() -> list[ModelSpec]:
 
 
 QWEN3_5_NOTE = (
-    "Qwen3.5 needs transformers >= 5.x with qwen3_5 (5.24 has it; vLLM 0.32 registers "
-    "Qwen3_5ForConditionalGeneration, with a CPU kernel for its Gated DeltaNet layers); it writes tool "
-    "calls in the qwen3_coder XML format, which this tutorial's server does not parse (vLLM: "
-    "--tool-call-parser qwen3_coder)."
+    "Qwen3.5 needs transformers with qwen3_5 (5.24 has it). vLLM 0.32 serves it (tests_vllm: demo-qwen3.5 on "
+    "the CPU build, in bf16: its Gated DeltaNet CPU kernel takes bf16 only, which needs AVX-512 BF16, and "
+    "head size 128). It writes tool calls in the qwen3_coder XML format, which this tutorial's server does "
+    "not parse (vLLM: --tool-call-parser qwen3_coder)."
 )
 
 MODELS: tuple[ModelSpec, ...] = (

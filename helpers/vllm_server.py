@@ -93,6 +93,14 @@ def max_position_embeddings(model_dir: Path) -> int | None:
     return text.get("max_position_embeddings")
 
 
+def model_type(model_dir: Path) -> str | None:
+    """The checkpoint's family ("qwen3_vl", "qwen3_5") from its config.json."""
+    try:
+        return json.loads((model_dir / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError):
+        return None
+
+
 def _processor_kwargs(settings: Settings) -> dict[str, Any]:
     """Pixel budgets for vLLM's Qwen3-VL processor.
 
@@ -141,6 +149,8 @@ def vllm_command(
     dtype = settings.dtype
     if dtype == "auto" and cpu:
         dtype = "float32"  # what our engine uses on a CPU; bf16 needs AVX-512 there
+        if model_type(model_dir) == "qwen3_5":
+            dtype = "bfloat16"  # vLLM's CPU kernel for Qwen3.5's Gated DeltaNet layers takes bf16 only
     command = [
         str(python),
         "-m",

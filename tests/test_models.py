@@ -154,3 +154,11 @@ def test_the_gpu_check_uses_the_fp8_weights(tmp_path):
         - models.model_spec("Qwen/Qwen3-VL-8B-Instruct-FP8").weight_bytes
     )
     assert not bf16.ok and fp8.ok
+
+
+@pytest.mark.parametrize(("model", "dtype"), [("demo", "float32"), ("demo-qwen3.5", "bfloat16")])
+def test_vllms_cpu_build_runs_qwen3_5_in_bf16(model, dtype):
+    from helpers.vllm_server import vllm_command
+
+    command = vllm_command(Settings(model=model), "python", cpu=True)
+    assert command[command.index("--dtype") + 1] == dtype  # its Gated DeltaNet CPU kernel takes bf16 only
