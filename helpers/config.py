@@ -57,7 +57,11 @@ class Settings:
     """All settings of the tutorial. Build with :meth:`from_env` or :meth:`from_args`."""
 
     # Model and hardware
-    model: str = _setting(DEFAULT_MODEL, "model id (downloaded under model_root), a local folder, or 'demo'")
+    model: str = _setting(
+        DEFAULT_MODEL,
+        "model id (downloaded under model_root; helpers/models.py lists them), a local folder, or a demo "
+        "checkpoint: 'demo', 'demo-thinking', 'demo-qwen3.5'",
+    )
     model_root: Path | None = _setting(
         None, "folder that holds downloaded models (default: /root/autodl-tmp/models or ~/models)"
     )
@@ -107,9 +111,10 @@ class Settings:
     max_model_len: int = _setting(
         32768, "most tokens per request, prompt (text + images + video) plus max_tokens"
     )
-    presence_penalty: float = _setting(
-        1.5,
-        "presence_penalty when a request leaves it out (Qwen's model card: 1.5 for Instruct; 0 turns it off)",
+    presence_penalty: float | None = _setting(
+        None,
+        "presence_penalty when a request leaves it out (default: the model's, from helpers/models.py: "
+        "1.5 for Instruct, 0 for Qwen3-VL Thinking; 0 turns it off)",
     )
     default_max_new_tokens: int = _setting(512, "max_tokens when a request does not say")
     max_request_bytes: int = _setting(32 * 1024 * 1024, "largest request body accepted")
@@ -176,14 +181,12 @@ class Settings:
                 f"attn_implementation {self.attn_implementation!r} is not one of "
                 + ", ".join(ATTN_IMPLEMENTATIONS)
             )
-        if not -2.0 <= self.presence_penalty <= 2.0:
+        if self.presence_penalty is not None and not -2.0 <= self.presence_penalty <= 2.0:
             raise ConfigError(f"presence_penalty must be between -2 and 2, got {self.presence_penalty}")
         if not 1 <= self.port <= 65535:
             raise ConfigError(f"port {self.port} is outside 1-65535")
         positive = [
-            f.name
-            for f in fields(self)
-            if f.type in ("int", "float", int, float) and f.name not in ("port", "presence_penalty")
+            f.name for f in fields(self) if f.type in ("int", "float", int, float) and f.name != "port"
         ]
         for name in positive:
             if getattr(self, name) <= 0:
@@ -193,7 +196,7 @@ class Settings:
         if self.video_min_pixels > self.video_max_pixels:
             raise ConfigError("video_min_pixels is larger than video_max_pixels")
         for name in ("media_timeout", "video_fps", "video_max_seconds", "presence_penalty"):
-            if not math.isfinite(getattr(self, name)):
+            if getattr(self, name) is not None and not math.isfinite(getattr(self, name)):
                 raise ConfigError(f"{env_name(name)} must be a finite number")
         if self.default_max_new_tokens > self.max_new_tokens_limit:
             raise ConfigError("default_max_new_tokens is larger than max_new_tokens_limit")
@@ -201,7 +204,25 @@ class Settings:
     # ------------------------------------------------------------------ models
     @property
     def is_demo(self) -> bool:
-        return self.model == DEMO_MODEL
+        """One of the tiny demo checkpoints ('demo', 'demo-thinking', 'demo-qwen3.5'), built locally."""
+        from helpers.models import is_demo_model
+
+        return is_demo_model(self.model)
+
+    def sampling_defaults(self):
+        """What a request that leaves sampling parameters out gets: the model's published settings.
+
+        From :mod:`helpers.models` (Instruct vs Thinking, Qwen3-VL vs Qwen3.5); a
+        ``presence_penalty`` setting wins over the model's. Models not in the
+        registry (a local folder) get the Instruct settings of Qwen3-VL.
+        """
+        from helpers.models import VL_INSTRUCT_DEFAULTS, model_spec
+
+        spec = model_spec(self.model)
+        defaults = spec.sampling if spec is not None else VL_INSTRUCT_DEFAULTS
+        if self.presence_penalty is not None:
+            defaults = dataclasses.replace(defaults, presence_penalty=self.presence_penalty)
+        return defaults
 
     @property
     def resolved_model_root(self) -> Path:
@@ -212,7 +233,7 @@ class Settings:
         if self.is_demo:
             from helpers.demo_model import demo_checkpoint_dir
 
-            return demo_checkpoint_dir()
+            return demo_checkpoint_dir(self.model)
         candidate = Path(self.model).expanduser()
         if candidate.is_dir():
             return candidate
@@ -226,7 +247,7 @@ class Settings:
         if self.is_demo:
             from helpers.demo_model import ensure_demo_checkpoint
 
-            return ensure_demo_checkpoint()
+            return ensure_demo_checkpoint(kind=self.model)
         path = self.model_dir()
         if has_weights(path):
             return path
@@ -290,7 +311,7 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError
             return int(str(value).strip()) if isinstance(value, str) else int(value)
-        if kind == "float":
+        if kind in ("float", "float | None"):
             return float(value)
         if kind.startswith("list"):
             items = _parse(f, value) if isinstance(value, str) else list(value)

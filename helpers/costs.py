@@ -44,6 +44,8 @@ class ModelShape:
     head_dim: int
     num_parameters: int
     bytes_per_value: int = 2  # bf16
+    # Quantised checkpoints (FP8): their weights' bytes, which bytes_per_value (the KV cache's) does not give.
+    fixed_weight_bytes: int | None = None
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -52,6 +54,8 @@ class ModelShape:
 
     @property
     def weight_bytes(self) -> int:
+        if self.fixed_weight_bytes is not None:
+            return self.fixed_weight_bytes
         return self.num_parameters * self.bytes_per_value
 
     def kv_cache_bytes(self, tokens: int) -> int:
@@ -68,9 +72,16 @@ class ModelShape:
         stored_bytes = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
         stored_dtype = str(text.get("dtype") or config.get("dtype") or config.get("torch_dtype") or "float32")
         stored_width = 4 if "32" in stored_dtype else 2
+        # Hybrid models (Qwen3.5) keep a KV cache only in their full-attention layers.
+        layer_types = text.get("layer_types")
+        layers = (
+            sum(kind == "full_attention" for kind in layer_types)
+            if layer_types
+            else text["num_hidden_layers"]
+        )
         return cls(
             name=folder.name,
-            num_layers=text["num_hidden_layers"],
+            num_layers=layers,
             num_kv_heads=text.get("num_key_value_heads", heads),
             head_dim=head_dim,
             num_parameters=stored_bytes // stored_width,
@@ -111,11 +122,24 @@ MODEL_SHAPES: dict[str, ModelShape] = {
 
 
 def shape_for_model(model_id: str) -> ModelShape | None:
-    """The bf16 shape of a Qwen3-VL model id ("Qwen/Qwen3-VL-8B-Instruct" -> the 8B row), or None.
+    """The shape of a model id ("Qwen/Qwen3-VL-8B-Instruct" -> the 8B row), or None.
 
-    Ids that name no size we know (a local folder, another model family) and
-    quantised checkpoints (FP8, AWQ, ...: other bytes per weight) give None.
+    Ids of the registry (:mod:`helpers.models`: 2B/4B/8B x Instruct/Thinking x
+    BF16/FP8, Qwen3.5-4B) come from there, FP8 with their smaller weights; the
+    larger Qwen3-VL sizes from :data:`MODEL_SHAPES`. Ids that name no size we know
+    (a local folder, another model family) and other quantisations (AWQ, GPTQ,
+    GGUF, ...) give None.
     """
+    from helpers.models import QWEN3_VL, model_spec
+
+    spec = model_spec(model_id)
+    if spec is not None and not spec.demo:
+        if spec.family == QWEN3_VL and not spec.fp8:
+            return MODEL_SHAPES[spec.size]
+        s = spec.shape
+        return ModelShape(
+            spec.name, s.kv_layers, s.kv_heads, s.head_dim, s.parameters, fixed_weight_bytes=spec.weight_bytes
+        )
     name = model_id.rstrip("/").rsplit("/", 1)[-1].upper()
     if any(tag in name for tag in ("FP8", "AWQ", "GPTQ", "INT4", "INT8", "GGUF")):
         return None

@@ -1,4 +1,4 @@
-"""Build and cache the tiny, randomly initialised Qwen3-VL "demo" checkpoint.
+"""Build and cache the tiny, randomly initialised demo checkpoints ("demo", "demo-thinking").
 
 The demo checkpoint uses the real architecture classes
 (``Qwen3VLForConditionalGeneration`` + ``Qwen3VLProcessor``), the real Qwen
@@ -7,7 +7,14 @@ spatial merge 2, temporal patch 2), but only ~10 M random parameters. It lets
 every notebook, the server and the tests run on a CPU in seconds without a
 download. Its answers are noise.
 
-    python -m helpers.demo_model      # build (if needed) and print its path
+``demo-thinking`` is the same model with the chat template and generation
+settings of Qwen3-VL-4B-Thinking: its prompt opens ``<think>``, so its answer
+is reasoning, ``</think>``, answer (split into ``reasoning_content`` and
+``content`` by helpers.reasoning). Its LM head is nudged towards ``</think>``
+(see :data:`THINK_END_BIAS`) so that random answers close the reasoning
+block early enough for tests to see both parts.
+
+    python -m helpers.demo_model [demo-thinking]   # build (if needed) and print its path
 """
 
 from __future__ import annotations
@@ -38,6 +45,10 @@ VIDEO_TOKEN_ID = 151656
 VISION_START_TOKEN_ID = 151652
 VISION_END_TOKEN_ID = 151653
 VOCAB_SIZE = 151936
+THINK_END_TOKEN_ID = 151668  # "</think>" in the Qwen vocabulary (not a special token: decoding keeps it)
+# demo-thinking only: its (untied) LM head row of </think> points along the mean direction of
+# the final hidden states, scaled so that random answers write </think> after a few tokens.
+THINK_END_BIAS = 2.5
 
 # The published generation_config.json of Qwen3-VL-4B-Instruct, so that the
 # demo model's defaults behave like the real model's.
@@ -51,6 +62,8 @@ GENERATION_DEFAULTS = {
     "eos_token_id": [151645, 151643],
     "pad_token_id": 151643,
 }
+# demo-thinking: Qwen's Thinking settings (helpers.models.VL_THINKING_DEFAULTS, from the model card).
+THINKING_GENERATION_DEFAULTS = {**GENERATION_DEFAULTS, "temperature": 1.0, "top_p": 0.95, "top_k": 20}
 
 # Our rendering of the Qwen3-VL-4B-Instruct chat format, written to produce exactly
 # what the real model's template produces (tests/test_tools.py renders the same
@@ -148,6 +161,63 @@ For each function call, return a json object with function name and arguments wi
 """.strip()
 
 
+# The Qwen3-VL Thinking template, reconstructed: no copy of Qwen3-VL-*-Thinking's
+# chat_template.json was reachable from the build machine (no hub access; the public
+# repositories searched vendor only the Instruct one). It is the Instruct template
+# above plus the two rules every description of the Thinking template agrees on
+# (Qwen3's thinking template, which the Thinking models inherit; vLLM's qwen3 parser;
+# llama.cpp's and Unsloth's notes on Qwen3-VL-Thinking):
+# - the generation prompt opens the reasoning: ``<|im_start|>assistant\n<think>\n``;
+# - an assistant turn in the history keeps only its answer (the text after
+#   ``</think>``; its reasoning is dropped), except turns after the last user query (a
+#   tool-call loop), which are rendered ``<think>\n{reasoning}\n</think>\n\n{answer}``.
+_ASSISTANT_TURN = """  {%- elif message.role == 'assistant' -%}
+<|im_start|>assistant
+{{ text_of(message.content) }}"""
+_THINKING_ASSISTANT_TURN = """  {%- elif message.role == 'assistant' -%}
+    {%- set content = text_of(message.content) -%}
+    {%- set reasoning = message.reasoning_content if message.reasoning_content is string else '' -%}
+    {%- if '</think>' in content -%}
+      {%- set reasoning = content.split('</think>')[0].rstrip('\n').split('<think>')[-1].lstrip('\n') -%}
+      {%- set content = content.split('</think>')[-1].lstrip('\n') -%}
+    {%- endif -%}
+<|im_start|>assistant
+{% if loop.index0 > state.last_query %}<think>
+{{ reasoning.strip('\n') }}
+</think>
+
+{% endif %}{{ content }}"""
+_LAST_QUERY_SCAN = """{%- set state = namespace(last_query=-1) -%}
+{%- for message in messages -%}
+  {%- if message.role == 'user' -%}{%- set state.last_query = loop.index0 -%}{%- endif -%}
+{%- endfor -%}
+"""
+_GENERATION_PROMPT = """<|im_start|>assistant
+{{ '' }}
+{%- endif -%}"""
+THINKING_CHAT_TEMPLATE = _LAST_QUERY_SCAN + CHAT_TEMPLATE.replace(
+    _ASSISTANT_TURN, _THINKING_ASSISTANT_TURN
+).replace(_GENERATION_PROMPT, _GENERATION_PROMPT.replace("{{ '' }}", "<think>\n{{ '' }}"))
+assert (
+    "state.last_query %}<think>" in THINKING_CHAT_TEMPLATE
+    and "assistant\n<think>\n{{" in THINKING_CHAT_TEMPLATE
+), "the Instruct template changed: update the Thinking one"
+# Qwen3.5's switch, written the way its model card describes it (no copy of its template was
+# reachable either): thinking is on unless ``enable_thinking=False``, which closes an empty
+# block in the prompt so that the model answers at once.
+QWEN3_5_CHAT_TEMPLATE = THINKING_CHAT_TEMPLATE.replace(
+    "<|im_start|>assistant\n<think>\n{{ '' }}",
+    "<|im_start|>assistant\n{% if enable_thinking is defined and enable_thinking is false %}"
+    "<think>\n\n</think>\n\n{% else %}<think>\n{% endif %}",
+)
+assert "enable_thinking" in QWEN3_5_CHAT_TEMPLATE
+TEMPLATES = {
+    "demo": CHAT_TEMPLATE,
+    "demo-thinking": THINKING_CHAT_TEMPLATE,
+    "demo-qwen3.5": QWEN3_5_CHAT_TEMPLATE,
+}
+
+
 def _cache_root() -> Path:
     custom = os.environ.get("QWEN3VL_DEMO_CACHE")
     if custom:
@@ -156,11 +226,17 @@ def _cache_root() -> Path:
     return Path(base) / "qwen3vl-tutorial"
 
 
-def demo_checkpoint_dir() -> Path:
-    """Where the demo checkpoint for the installed transformers lives (built or not)."""
+def _check_kind(kind: str) -> str:
+    if kind not in TEMPLATES:
+        raise ValueError(f"unknown demo checkpoint {kind!r}: use one of {', '.join(TEMPLATES)}")
+    return kind
+
+
+def demo_checkpoint_dir(kind: str = "demo") -> Path:
+    """Where the demo checkpoint ``kind`` for the installed transformers lives (built or not)."""
     import transformers
 
-    return _cache_root() / f"demo-v{RECIPE_VERSION}-transformers-{transformers.__version__}"
+    return _cache_root() / f"{_check_kind(kind)}-v{RECIPE_VERSION}-transformers-{transformers.__version__}"
 
 
 def tokenizer_files_dir() -> Path:
@@ -230,14 +306,73 @@ def demo_config():
     )
 
 
-def demo_processor():
-    """A Qwen3VLProcessor with the real vocabulary and 4B-like image/video settings."""
+def demo_qwen3_5_config():
+    """A tiny Qwen3.5 configuration: 3 Gated DeltaNet layers + 1 attention layer, Qwen3's vocabulary.
+
+    The real Qwen3.5 vocabulary (248,320 tokens, other special-token ids) is not
+    available offline, so this demo keeps Qwen3's tokenizer and token ids; the
+    classes and the hybrid layer layout are Qwen3.5's.
+    """
+    from transformers import Qwen3_5Config
+
+    text_config = {
+        "vocab_size": VOCAB_SIZE,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 4,  # layer_types: 3 x linear_attention, then full_attention
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 32,
+        # 128, as the real Qwen3.5: vLLM 0.32's CPU kernel for Gated DeltaNet refuses 16
+        # ("multiples of 32") and 32 ("Unexpected head dim size").
+        "linear_key_head_dim": 128,
+        "linear_value_head_dim": 128,
+        "linear_num_key_heads": 2,
+        "linear_num_value_heads": 4,
+        "max_position_embeddings": 32768,
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": 10_000_000.0,
+            "partial_rotary_factor": 0.25,  # rotary on 8 of 32 dims, as Qwen3.5 (64 of 256)
+            "mrope_section": [2, 1, 1],
+            "mrope_interleaved": True,
+        },
+        "tie_word_embeddings": False,
+        "bos_token_id": 151643,
+        "eos_token_id": 151645,
+        "pad_token_id": 151643,
+    }
+    vision_config = {
+        "depth": 2,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_heads": 2,
+        "patch_size": 16,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "out_hidden_size": text_config["hidden_size"],
+        "num_position_embeddings": 256,
+    }
+    return Qwen3_5Config(
+        text_config=text_config,
+        vision_config=vision_config,
+        image_token_id=IMAGE_TOKEN_ID,
+        video_token_id=VIDEO_TOKEN_ID,
+        vision_start_token_id=VISION_START_TOKEN_ID,
+        vision_end_token_id=VISION_END_TOKEN_ID,
+        tie_word_embeddings=False,
+    )
+
+
+def demo_processor(kind: str = "demo"):
+    """A Qwen3VLProcessor with the real vocabulary, 4B-like image/video settings and ``kind``'s template."""
     from transformers import AutoTokenizer, Qwen3VLProcessor
     from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
     from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
 
+    template = TEMPLATES[_check_kind(kind)]
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_files_dir())
-    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.chat_template = template
     vision = {
         "patch_size": 16,
         "merge_size": 2,
@@ -251,48 +386,80 @@ def demo_processor():
         image_processor=image_processor,
         tokenizer=tokenizer,
         video_processor=video_processor,
-        chat_template=CHAT_TEMPLATE,
+        chat_template=template,
     )
 
 
-def build_demo_checkpoint(dest: Path) -> Path:
-    """Write a fresh demo checkpoint into ``dest`` (which must not exist yet)."""
+def build_demo_checkpoint(dest: Path, kind: str = "demo") -> Path:
+    """Write a fresh demo checkpoint ``kind`` into ``dest`` (which must not exist yet)."""
     import torch
-    from transformers import GenerationConfig, Qwen3VLForConditionalGeneration
+    from transformers import (
+        GenerationConfig,
+        Qwen3_5ForConditionalGeneration,
+        Qwen3VLForConditionalGeneration,
+    )
 
+    thinking = _check_kind(kind) != "demo"
     torch.manual_seed(SEED)
-    model = Qwen3VLForConditionalGeneration(demo_config())
+    if kind == "demo-qwen3.5":
+        model = Qwen3_5ForConditionalGeneration(demo_qwen3_5_config())
+    else:
+        config = demo_config()
+        if thinking:  # its own LM head row for </think> (below)
+            config.tie_word_embeddings = config.text_config.tie_word_embeddings = False
+        model = Qwen3VLForConditionalGeneration(config)
     generator = torch.Generator().manual_seed(SEED)
     with torch.no_grad():
         for name, param in sorted(model.named_parameters()):
             if param.dim() >= 2:
                 std = VISION_INIT_STD if ".visual." in f".{name}" else INIT_STD
                 param.normal_(0.0, std, generator=generator)
-    model.generation_config = GenerationConfig(**GENERATION_DEFAULTS)
+        if thinking:
+            _nudge_think_end(model)
+    defaults = THINKING_GENERATION_DEFAULTS if thinking else GENERATION_DEFAULTS
+    model.generation_config = GenerationConfig(**defaults)
     model.save_pretrained(dest)
-    demo_processor().save_pretrained(dest)
+    demo_processor(kind).save_pretrained(dest)
+    real = {
+        "demo": "Qwen3-VL-4B-Instruct",
+        "demo-thinking": "Qwen3-VL-4B-Thinking",
+        "demo-qwen3.5": "Qwen3.5-4B",
+    }
     (dest / "DEMO_MODEL.txt").write_text(
-        "Tiny random Qwen3-VL checkpoint built by helpers/demo_model.py.\n"
-        "Same architecture and vocabulary as Qwen3-VL-4B-Instruct; answers are noise.\n",
+        f"Tiny random checkpoint '{kind}' built by helpers/demo_model.py.\n"
+        f"Same architecture classes as {real[kind]}; answers are noise.\n",
         encoding="utf-8",
     )
     return dest
 
 
-def ensure_demo_checkpoint(verbose: bool = False) -> Path:
-    """Return the cached demo checkpoint, building it first if needed.
+def _nudge_think_end(model) -> None:
+    """Point the LM head row of </think> along the mean final hidden state (demo-thinking only)."""
+    import torch
+
+    embed = model.get_input_embeddings().weight
+    head = model.get_output_embeddings().weight
+    head.copy_(embed)  # the same answers as the tied demo model, apart from </think>
+    ids = torch.arange(1000, 1064).unsqueeze(0)  # ordinary text tokens
+    hidden = model.model.language_model(input_ids=ids).last_hidden_state[0]
+    direction = hidden.mean(0)
+    head[THINK_END_TOKEN_ID] = THINK_END_BIAS * direction / direction.norm() * head.norm(dim=1).mean()
+
+
+def ensure_demo_checkpoint(verbose: bool = False, kind: str = "demo") -> Path:
+    """Return the cached demo checkpoint ``kind``, building it first if needed.
 
     Safe when several processes race: each builds into a temporary folder next
     to the target and renames it into place; the loser discards its copy.
     """
-    target = demo_checkpoint_dir()
+    target = demo_checkpoint_dir(kind)
     if (target / "config.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
     try:
-        build_demo_checkpoint(tmp)
+        build_demo_checkpoint(tmp, kind)
         try:
             os.rename(tmp, target)
         except OSError:
@@ -306,7 +473,9 @@ def ensure_demo_checkpoint(verbose: bool = False) -> Path:
 
 
 def main() -> None:
-    path = ensure_demo_checkpoint(verbose=True)
+    import sys
+
+    path = ensure_demo_checkpoint(verbose=True, kind=sys.argv[1] if len(sys.argv) > 1 else "demo")
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     print(f"demo checkpoint: {path} ({size / 1e6:.0f} MB)")
     print(path)

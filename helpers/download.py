@@ -317,13 +317,15 @@ def verify_checkpoint(folder: str | Path) -> CheckpointReport:
 def expected_download_bytes(model_id: str) -> int | None:
     """Roughly how many bytes ``model_id`` downloads, or None when we cannot tell.
 
-    The default model uses the published size; other ids are read from their
-    name ("...-8B-..." -> 8 B parameters, 2 bytes each in bf16, 1 for FP8).
+    Ids of the registry (:mod:`helpers.models`) use their weights' size (FP8 ones
+    included); other ids are read from their name ("...-8B-..." -> 8 B parameters,
+    2 bytes each in bf16, 1 for FP8).
     """
-    if model_id.lower() == DEFAULT_MODEL.lower():
-        from helpers.costs import QWEN3_VL_4B
+    from helpers.models import model_spec
 
-        return QWEN3_VL_4B.weight_bytes + EXTRA_FILES_BYTES
+    spec = model_spec(model_id)
+    if spec is not None and not spec.demo:
+        return spec.weight_bytes + EXTRA_FILES_BYTES
     name = model_id.rstrip("/").rsplit("/", 1)[-1]
     match = re.search(r"(\d+(?:\.\d+)?)B(?![a-z])", name)
     if not match:
@@ -509,6 +511,26 @@ def download_model(
 
 
 # ------------------------------------------------------------------------- CLI
+def dry_run(model_id: str, dest: Path) -> int:
+    """Print what downloading ``model_id`` would fetch and whether the disk has room (no network)."""
+    from helpers.models import model_spec
+
+    spec = model_spec(model_id)
+    size = expected_download_bytes(model_id)
+    print(f"模型 {model_id} → {dest}")
+    if spec is not None:
+        print(f"  {spec.family} {spec.size} {spec.variant}，权重约 {spec.weight_bytes / GIB:.1f} GiB")
+    elif size is None:
+        print("  ⚠️ 不在模型表里（helpers/models.py），大小未知")
+    try:
+        print(f"  磁盘：{check_disk_space(model_id, dest)}")
+    except NotEnoughDiskError as exc:
+        print(f"❌ {exc}")
+        return exc.exit_code
+    print("（--dry-run：没有下载任何文件）")
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="model id (default: QWEN3VL_MODEL, else Qwen/Qwen3-VL-4B-Instruct)")
@@ -516,6 +538,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", choices=SOURCES, default="modelscope", help="where to download from")
     parser.add_argument("--revision", help="branch, tag or commit (default: the hub's main revision)")
     parser.add_argument("--verify-only", action="store_true", help="only check the files in --dest")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="say what would be downloaded where, and whether it fits; no network",
+    )
     args = parser.parse_args(argv)
 
     try:
@@ -544,6 +571,8 @@ def main(argv: list[str] | None = None) -> int:
     if Path(settings.model).expanduser().is_dir():
         print(f"❌ --model {settings.model} 是一个文件夹；下载需要模型 id，例如 --model {DEFAULT_MODEL}")
         return EXIT_USAGE
+    if args.dry_run:
+        return dry_run(settings.model, dest)
     try:
         download_model(settings.model, dest, args.source, revision=args.revision)
     except DownloadError as exc:

@@ -32,6 +32,7 @@ from helpers.config import ConfigError, Settings
 from helpers.errors import RequestError, check_int, check_number, check_text
 from helpers.markup import PLACEHOLDER, restore_markup, shield_markup, special_tokens, text_length
 from helpers.messages import normalize_messages, vision_inputs
+from helpers.reasoning import THINK_END, opens_reasoning, split_reasoning
 from helpers.structured import Grammars, ResponseFormat, parse_response_format
 from helpers.tools import ToolCall, ToolRequest, parse_tool_calls, parse_tools, refuse_markup
 
@@ -63,6 +64,8 @@ class SamplingParams:
     # Structured output (helpers.structured / helpers.tools): JSON answers and tool calls.
     response_format: ResponseFormat | None = None
     tools: ToolRequest | None = None
+    # chat_template_kwargs.enable_thinking (Qwen3.5's switch); None: the template's default.
+    enable_thinking: bool | None = None
 
     @property
     def greedy(self) -> bool:
@@ -85,15 +88,27 @@ class SamplingParams:
         tools: Any = None,
         tool_choice: Any = None,
         parallel_tool_calls: Any = None,
+        chat_template_kwargs: Any = None,
     ) -> SamplingParams:
         """Check every parameter and raise :class:`RequestError` with the rule it broke.
 
-        ``presence_penalty`` left out takes ``settings.presence_penalty`` (Qwen's model
-        card recommends 1.5 for the Instruct model; its generation_config omits it).
+        What a request leaves out takes the model's published settings
+        (:meth:`Settings.sampling_defaults`, from :mod:`helpers.models`: Instruct
+        temperature 0.7 / top_p 0.8 / top_k 20 / presence_penalty 1.5, Qwen3-VL
+        Thinking 1.0 / 0.95 / 20 / 0). ``max_tokens`` left out is
+        ``settings.default_max_new_tokens``; for a Thinking model, whose reasoning
+        comes first, it is Qwen's recommended answer length capped at
+        ``settings.max_new_tokens_limit``.
         """
+        defaults = settings.sampling_defaults()
         max_tokens_given = max_new_tokens is not None
         if max_new_tokens is None:
             max_new_tokens = settings.default_max_new_tokens
+            if _thinking(settings):
+                max_new_tokens = max(max_new_tokens, min(defaults.max_tokens, settings.max_new_tokens_limit))
+        temperature = defaults.temperature if temperature is None else temperature
+        top_p = defaults.top_p if top_p is None else top_p
+        top_k = defaults.top_k if top_k is None else top_k
         check_int("max_tokens", max_new_tokens, 1, settings.max_new_tokens_limit)
         if temperature is not None:
             check_number("temperature", temperature, 0.0, 2.0)
@@ -120,13 +135,14 @@ class SamplingParams:
         for text in stop:
             check_text(text, "stop")
         if presence_penalty is None:
-            presence_penalty = settings.presence_penalty
+            presence_penalty = defaults.presence_penalty
         presence_penalty = check_number("presence_penalty", presence_penalty, -2.0, 2.0)
         if frequency_penalty is None:
             frequency_penalty = 0.0
         frequency_penalty = check_number("frequency_penalty", frequency_penalty, -2.0, 2.0)
         if repetition_penalty is not None:
             repetition_penalty = check_number("repetition_penalty", repetition_penalty, 0.01, 10.0)
+        enable_thinking = _enable_thinking(chat_template_kwargs)
         fmt = parse_response_format(response_format)
         tool_request = parse_tools(tools, tool_choice, parallel_tool_calls)
         if fmt is not None and fmt.constrained and tool_request and tool_request.choice == "auto":
@@ -148,7 +164,21 @@ class SamplingParams:
             max_tokens_given,
             fmt if fmt is not None and fmt.constrained else None,
             tool_request,
+            enable_thinking,
         )
+
+    @classmethod
+    def defaults(cls, settings: Settings) -> dict[str, Any]:
+        """What a request that leaves every sampling parameter out gets (shown by /health and describe())."""
+        chosen = cls.build(settings)
+        return {
+            "temperature": chosen.temperature,
+            "top_p": chosen.top_p,
+            "top_k": chosen.top_k,
+            "presence_penalty": chosen.presence_penalty,
+            "max_tokens": chosen.max_new_tokens,
+            "source": settings.sampling_defaults().source,
+        }
 
     def generate_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens}
@@ -167,6 +197,29 @@ class SamplingParams:
         if self.presence_penalty or self.frequency_penalty:
             return [OpenAIPenalties(prompt_tokens, self.presence_penalty, self.frequency_penalty)]
         return []
+
+
+def _enable_thinking(kwargs: Any) -> bool | None:
+    """``enable_thinking`` from a request's ``chat_template_kwargs``; other keys are refused."""
+    if kwargs is None:
+        return None
+    if not isinstance(kwargs, dict) or set(kwargs) - {"enable_thinking"}:
+        raise RequestError(
+            'chat_template_kwargs: only {"enable_thinking": true | false} is supported',
+            param="chat_template_kwargs",
+        )
+    value = kwargs.get("enable_thinking")
+    if value is not None and not isinstance(value, bool):
+        raise RequestError(
+            "chat_template_kwargs.enable_thinking must be true or false", param="chat_template_kwargs"
+        )
+    return value
+
+
+def _thinking(settings: Settings) -> bool:
+    from helpers.models import thinking_default
+
+    return bool(thinking_default(settings.model))
 
 
 class OpenAIPenalties:
@@ -191,6 +244,26 @@ class OpenAIPenalties:
         return scores - self.frequency * counts - self.presence * (counts > 0).to(scores.dtype)
 
 
+class AfterToken:
+    """A logits processor that starts working only after ``token`` has been generated."""
+
+    def __init__(self, inner: Any, token: int, prompt_tokens: int) -> None:
+        self.inner = inner
+        self.token = token
+        self.prompt_tokens = prompt_tokens
+        self.active = False
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if not self.active:
+            answer = input_ids[0, self.prompt_tokens :].tolist()
+            if self.token not in answer:
+                return scores
+            self.active = True
+            # The inner processor feeds its grammar what comes after the token.
+            self.inner._seen = self.prompt_tokens + answer.index(self.token) + 1
+        return self.inner(input_ids, scores)
+
+
 # -------------------------------------------------------------------- results
 @dataclass
 class Usage:
@@ -207,12 +280,14 @@ class Usage:
 
 @dataclass
 class ChatResult:
-    text: str  # with tools: the text outside the tool calls ("" when there is none)
+    text: str  # the answer; with tools: the text outside the tool calls ("" when there is none)
     finish_reason: str  # "stop" (end or a stop string), "length" (max_new_tokens) or "tool_calls"
     usage: Usage
     seconds: float = 0.0
     first_token_seconds: float | None = None
     tool_calls: list[ToolCall] = field(default_factory=list)  # OpenAI shape: call.as_openai()
+    # Thinking models: the text before </think> (helpers.reasoning); None when there is none.
+    reasoning: str | None = None
 
 
 @dataclass
@@ -222,6 +297,10 @@ class Prepared:
     inputs: Any  # transformers BatchFeature
     prompt: str
     grammar: Any = None  # the compiled xgrammar grammar for response_format / tools, if any
+    reasoning: bool = False  # the prompt opens <think>: the answer starts with reasoning
+    # A thinking-capable model (its template opens <think>), answered as vLLM's qwen3 parser does even
+    # when this request turned thinking off: a stray </think> in the answer is dropped.
+    parsed: bool = False
 
     @property
     def prompt_tokens(self) -> int:
@@ -384,6 +463,12 @@ class ChatStream:
             ended = stopped or (bool(ids) and ids[-1] in eos) or len(ids) < self.params.max_new_tokens
             now = time.perf_counter()
             calls: list[ToolCall] = []
+            reasoning = None
+            if self.prepared.reasoning:  # tools and JSON apply to the answer after </think>
+                reasoning, content = split_reasoning(text)
+                text = content or ""
+            elif self.prepared.parsed:
+                text = text.replace(THINK_END, "")
             if self.params.tools is not None and self.params.tools.choice != "none":
                 content, calls = parse_tool_calls(text, forced=self.params.tools.forces_calls)
                 text = content or ""
@@ -394,6 +479,7 @@ class ChatStream:
                 seconds=now - self._started,
                 first_token_seconds=(first_token_at - self._started) if first_token_at else None,
                 tool_calls=calls,
+                reasoning=reasoning,
             )
         finally:
             self.cancel()  # no-op when finished; stops generation if the consumer left early
@@ -495,6 +581,50 @@ def choose_attention(setting: str, device: str) -> str:
     return "flash_attention_2"
 
 
+# The model class of each family (config.json "model_type"); both read the same processor inputs.
+MODEL_CLASSES = {
+    "qwen3_vl": "Qwen3VLForConditionalGeneration",
+    "qwen3_5": "Qwen3_5ForConditionalGeneration",
+}
+
+
+def model_class_for(path: Path) -> tuple[Any, bool]:
+    """The transformers class that loads the checkpoint in ``path``, and whether it is FP8."""
+    import json
+
+    import transformers
+
+    config = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+    model_type = config.get("model_type", "qwen3_vl")
+    if model_type not in MODEL_CLASSES:
+        raise ConfigError(
+            f"{path} holds a {model_type!r} model; this tutorial loads {', '.join(MODEL_CLASSES)} "
+            "(Qwen3-VL and Qwen3.5). Point QWEN3VL_MODEL at one of those."
+        )
+    quant = config.get("quantization_config") or {}
+    return getattr(transformers, MODEL_CLASSES[model_type]), quant.get("quant_method") == "fp8"
+
+
+def fp8_note(device: str) -> str | None:
+    """What transformers does with an FP8 checkpoint here (None: it runs in FP8)."""
+    from helpers.models import fp8_supported
+
+    if device.startswith("cuda") and fp8_supported(torch.cuda.get_device_capability(device)):
+        return None
+    where = (
+        "CPU"
+        if not device.startswith("cuda")
+        else f"GPU（计算能力 {torch.cuda.get_device_capability(device)}）"
+    )
+    return (
+        f"⚠️ FP8 权重在这台 {where} 上不能直接计算：transformers 会把它们解压回 bf16，"
+        "显存和速度都和 BF16 版一样。"
+        "要省显存：用 vLLM（notebook 07；计算能力 ≥ 7.5 时以 FP8 存权重，"
+        "≥ 8.9 的 RTX 4090 / L4 / H100 还用 FP8 计算）；"
+        "否则直接下载 BF16 版（去掉 -FP8）。"
+    )
+
+
 class EngineClosed(RuntimeError):
     """The engine was closed with :meth:`Engine.close`."""
 
@@ -552,7 +682,7 @@ class Engine:
     @classmethod
     def load(cls, settings: Settings | None = None, verbose: bool = True, **overrides: Any) -> Engine:
         """Load the configured model (``settings`` or ``QWEN3VL_*`` variables, plus overrides)."""
-        from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
+        from transformers import AutoProcessor
 
         settings = settings or Settings.from_env()
         if overrides:
@@ -569,8 +699,11 @@ class Engine:
         if verbose:
             print(loading_message(settings.model, path, device, dtype), flush=True)
         start = time.perf_counter()
+        model_class, fp8 = model_class_for(path)
+        if fp8 and verbose and (note := fp8_note(device)):
+            print(note)
         processor = AutoProcessor.from_pretrained(path)
-        model = Qwen3VLForConditionalGeneration.from_pretrained(
+        model = model_class.from_pretrained(
             path, dtype=dtype, attn_implementation=attention, device_map=device
         ).eval()
         engine = cls(model, processor, settings, path, device, dtype, attention, time.perf_counter() - start)
@@ -631,6 +764,15 @@ class Engine:
     def model_name(self) -> str:
         return self.settings.model
 
+    @functools.cached_property
+    def thinking(self) -> bool:
+        """Whether this model's template opens ``<think>``: its answers start with reasoning."""
+        self._check_open()
+        probe = [{"role": "user", "content": "hi"}]
+        return opens_reasoning(
+            self.processor.apply_chat_template(probe, tokenize=False, add_generation_prompt=True)
+        )
+
     @property
     def eos_token_ids(self) -> list[int]:
         eos = self.model.generation_config.eos_token_id
@@ -650,6 +792,8 @@ class Engine:
             "max_model_len": self.max_model_len,
             "demo": self.is_demo,
             "weights_gib": round(self.weight_bytes() / 1024**3, 3),
+            "thinking": self.thinking,
+            "sampling_defaults": SamplingParams.defaults(self.settings),
         }
         if self.device.startswith("cuda"):
             facts["gpu"] = torch.cuda.get_device_name(self.device)
@@ -673,6 +817,10 @@ class Engine:
         ]
         if "gpu" in info:
             lines.append(f"  GPU: {info['gpu']}，已分配显存 {info['gpu_memory_allocated_gib']} GiB")
+        defaults = ", ".join(f"{k}={v}" for k, v in info["sampling_defaults"].items() if k != "source")
+        kind = "Thinking（先推理，再回答：reasoning_content + content）" if info["thinking"] else "Instruct"
+        lines.append(f"  类型: {kind}")
+        lines.append(f"  默认采样（请求没给时）: {defaults}")
         if self.is_demo:
             lines.append("  ⚠️ 演示模型（随机权重）：回答是噪声，只用来演示流程")
         return "\n".join(lines)
@@ -710,12 +858,21 @@ class Engine:
             normalize_messages(messages, self.settings), self._special_tokens
         )
         tool_request = params.tools if params is not None else None
+        if tool_request is not None and self.model.config.model_type == "qwen3_5":
+            raise RequestError(
+                "tools are not supported with Qwen3.5 on this server: Qwen3.5 writes tool calls in the"
+                " qwen3_coder XML format, which helpers.tools does not parse. Use a Qwen3-VL model, or vLLM"
+                " (notebook 07) with --enable-auto-tool-choice --tool-call-parser qwen3_coder",
+                param="tools",
+            )
         template_tools = tool_request.template_tools() if tool_request is not None else None
+        enable_thinking = params.enable_thinking if params is not None else None
+        switch = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
         refuse_markup(
             template_tools, [m.get("tool_calls") for m in qwen_messages], specials=self._special_tokens
         )
         prompt = self.processor.apply_chat_template(
-            qwen_messages, tools=template_tools, tokenize=False, add_generation_prompt=True
+            qwen_messages, tools=template_tools, tokenize=False, add_generation_prompt=True, **switch
         )
         # process_vision_info's results, with videos at the size they were decoded to (no second resize)
         images, videos, video_kwargs = vision_inputs(qwen_messages)
@@ -735,7 +892,14 @@ class Engine:
         inputs = restore_markup(inputs, hidden, self.processor.tokenizer)
         for text in hidden:  # the readable prompt shows what the user typed
             prompt = prompt.replace(PLACEHOLDER, text, 1)
-        return Prepared(inputs=inputs, prompt=prompt, grammar=self._grammar(params))
+        return Prepared(
+            inputs=inputs,
+            prompt=prompt,
+            grammar=self._grammar(params),
+            # enable_thinking false: no split, as vLLM's qwen3 parser does (its reasoning stays in content)
+            reasoning=opens_reasoning(prompt) and enable_thinking is not False,
+            parsed=self.thinking,
+        )
 
     def _grammar(self, params: SamplingParams | None) -> Any:
         """The compiled grammar that ``params`` ask for: a tool call's shape wins over response_format."""
@@ -803,8 +967,19 @@ class Engine:
         return self.stream_chat(messages, **params).text()
 
     def _constraint(self, prepared: Prepared) -> list[Any]:
-        """The grammar's logits processor (first, so penalties and sampling only see allowed tokens)."""
-        return [] if prepared.grammar is None else [self.grammars.logits_processor(prepared.grammar)]
+        """The grammar's logits processor (first, so penalties and sampling only see allowed tokens).
+
+        After a ``<think>`` prompt the grammar starts once the model has written
+        ``</think>``: the reasoning is free text, the answer is constrained (vLLM
+        does the same with a reasoning parser).
+        """
+        if prepared.grammar is None:
+            return []
+        processor = self.grammars.logits_processor(prepared.grammar)
+        if prepared.reasoning:
+            end = self.processor.tokenizer.convert_tokens_to_ids(THINK_END)
+            processor = AfterToken(processor, end, prepared.prompt_tokens)
+        return [processor]
 
     def _run_generate(
         self, prepared: Prepared, params: SamplingParams, streamer: _TokenQueue, cancelled: threading.Event

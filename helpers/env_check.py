@@ -337,6 +337,47 @@ def check_bf16(devices: list[GpuDevice]) -> CheckRow:
     return CheckRow("bf16", WARN, f"不支持（计算能力 {cap}，早于 Ampere）", "QWEN3VL_DTYPE=float16")
 
 
+def check_fp8(settings: Settings, devices: list[GpuDevice]) -> CheckRow:
+    """Whether this GPU computes in FP8 (compute capability >= 8.9: Ada / Hopper), for the chosen id.
+
+    Below 8.9 an FP8 checkpoint still runs: vLLM (0.32: FP8 from capability 7.5) keeps the
+    weights in FP8 and computes in 16 bits (Marlin kernels), so memory is saved but not FP8
+    compute; transformers dequantizes them to bf16 (nothing saved). Below 7.5 neither helps.
+    """
+    from helpers.models import fp8_supported, model_spec
+
+    spec = model_spec(settings.model)
+    chosen = spec is not None and spec.fp8
+    bf16_id = spec.model_id.removesuffix("-FP8") if chosen else ""
+    if not devices:
+        value = (
+            "没有 GPU：FP8 模型要在 GPU 上才省显存（计算能力 ≥ 8.9 时还能用 FP8 计算：RTX 4090、L4、H100）"
+        )
+        return CheckRow("FP8", WARN if chosen else OK, value, f"换 BF16 版：{bf16_id}" if chosen else "")
+    capability = devices[0].capability
+    cap = ".".join(map(str, capability))
+    if fp8_supported(capability):
+        return CheckRow(
+            "FP8",
+            OK,
+            f"支持 FP8 计算（计算能力 {cap} ≥ 8.9）：-FP8 模型权重约为 BF16 的 60%，"
+            "vLLM 和 transformers 都能跑",
+        )
+    if tuple(capability) >= (7, 5):
+        value = (
+            f"没有 FP8 计算单元（计算能力 {cap} < 8.9）：vLLM 仍能以 FP8 存权重（省显存，不提速），"
+            "transformers 会解压回 bf16"
+        )
+        fix = f"用 vLLM（notebook 07）跑 {settings.model}，或换 BF16 版：QWEN3VL_MODEL={bf16_id}"
+        return CheckRow("FP8", WARN if chosen else OK, value, fix if chosen else "")
+    value = f"不支持（计算能力 {cap} < 7.5）"
+    if not chosen:
+        return CheckRow("FP8", OK, value + "：用 BF16 / float16 模型（现在的选择就是）")
+    return CheckRow(
+        "FP8", FAIL, value + f"：{settings.model} 在这张卡上跑不起来", f"换 BF16 版：QWEN3VL_MODEL={bf16_id}"
+    )
+
+
 def check_ram(settings: Settings) -> CheckRow:
     total, available = memory_info()
     need = RAM_FOR_DEMO if settings.is_demo else RAM_FOR_4B
@@ -493,7 +534,7 @@ def check_weights(settings: Settings) -> CheckRow:
     if settings.is_demo:
         from helpers.demo_model import demo_checkpoint_dir
 
-        built = (demo_checkpoint_dir() / "config.json").is_file()
+        built = (demo_checkpoint_dir(settings.model) / "config.json").is_file()
         state = "已生成" if built else "首次使用时自动生成（约 2 秒）"
         return CheckRow(name, OK, f"演示模型 demo：{state}")
     folder = settings.model_dir()
@@ -549,7 +590,8 @@ def check_fit(settings: Settings, devices: list[GpuDevice]) -> CheckRow:
         prefix = f"不认识 {settings.model} 的大小，按 4B 估算："
     tokens = max_request_tokens(settings)
     estimate = memory_estimate(shape, tokens)
-    need = f"{prefix}{shape.name} bf16 + 最大请求 {tokens} token 需要约 {format_bytes(estimate.total)}"
+    named = shape.name if "FP8" in shape.name.upper() else f"{shape.name} bf16"  # FP8 ids say so themselves
+    need = f"{prefix}{named} + 最大请求 {tokens} token 需要约 {format_bytes(estimate.total)}"
     too_big_for_4090 = not estimate.fits(24 * GIB)
     if too_big_for_4090:
         need += "；一张 24 GB 的 RTX 4090 放不下"
@@ -593,6 +635,7 @@ def run_checks(settings: Settings | None = None, environ: Mapping[str, str] | No
         ("CUDA", lambda: check_cuda(info, devices, driver, gpu_needed)),
         ("NVIDIA 驱动", lambda: check_driver(info, devices, driver, gpu_needed)),
         ("bf16", lambda: check_bf16(devices)),
+        ("FP8", lambda: check_fp8(settings, devices)),
         ("内存", lambda: check_ram(settings)),
         ("transformers", lambda: check_transformers(pins)),
         ("qwen-vl-utils", lambda: check_pin("qwen-vl-utils", pins)),

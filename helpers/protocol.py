@@ -53,7 +53,8 @@ NOT_IMPLEMENTED = {
     "audio": "audio output is not supported: Qwen3-VL reads text, images and videos and writes text",
     "modalities": "only text output is supported: leave modalities out",
     "prediction": "predicted outputs are not supported",
-    "reasoning_effort": "Qwen3-VL-4B-Instruct does not reason in a separate channel; leave it out",
+    "reasoning_effort": "Qwen models have no reasoning effort levels; pick a Thinking model (or, for Qwen3.5,"
+    " chat_template_kwargs.enable_thinking) instead",
     "web_search_options": "web search is not supported",
     "service_tier": 'this server has one tier: send "auto" or "default", or leave it out',
     "min_p": "min_p is not supported; use top_p / top_k",
@@ -92,6 +93,11 @@ class SamplingFields(BaseModel):
         description='{"type": "text" | "json_object" | "json_schema", "json_schema": {"name", "schema"}}:'
         " JSON answers enforced by grammar-constrained decoding (helpers.structured)",
     )
+    chat_template_kwargs: dict[str, Any] | None = Field(
+        default=None,
+        description='vLLM\'s extension; only {"enable_thinking": false} is read (Qwen3.5: answer without'
+        " reasoning). Thinking models return their reasoning in reasoning_content",
+    )
 
     @model_validator(mode="after")
     def _refuse_unknown_fields(self):
@@ -121,6 +127,7 @@ class SamplingFields(BaseModel):
             "frequency_penalty": self.frequency_penalty,
             "repetition_penalty": self.repetition_penalty,
             "response_format": self.response_format,
+            "chat_template_kwargs": self.chat_template_kwargs,
         }
 
 
@@ -180,8 +187,15 @@ class ToolCall(BaseModel):
 
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str | None = Field(description="The answer text; null when the answer is only tool calls")
+    content: str | None = Field(
+        description="The answer text; null when the answer is only tool calls, or a Thinking model's"
+        " answer was cut before </think>"
+    )
     tool_calls: list[ToolCall] | None = None
+    reasoning_content: str | None = Field(
+        default=None, description="Thinking models: the reasoning before </think> (helpers.reasoning)"
+    )
+    reasoning: str | None = Field(default=None, description="The same text under vLLM 0.32's name for it")
 
 
 FinishReason = Literal["stop", "length", "tool_calls"]
@@ -213,6 +227,8 @@ class ChatCompletionResponse(BaseModel):
 class DeltaMessage(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    reasoning_content: str | None = None  # Thinking models: reasoning deltas come before content deltas
+    reasoning: str | None = None  # the same text under vLLM 0.32's name
     tool_calls: list[dict[str, Any]] | None = Field(
         default=None,
         description='[{"index", "id", "type", "function": {"name", "arguments"}}], OpenAI deltas',

@@ -60,6 +60,7 @@ from helpers.protocol import (
     completion_id,
     error_body,
 )
+from helpers.reasoning import CONTENT, REASONING, ReasoningStream
 from helpers.tools import ToolCallStream
 
 logger = logging.getLogger("qwen3vl.server")
@@ -329,6 +330,7 @@ def create_app(
             "uptime_s": round(time.time() - holder.started, 1),
             "queue": queue.stats(),
             "supported_formats": ["text", "image", "video"],
+            "sampling_defaults": SamplingParams.defaults(settings),
         }
         if holder.engine is None:
             body["status"] = "error" if holder.error else "loading"
@@ -373,7 +375,14 @@ def create_app(
         result = await service.finish(stream, request)
         # With tool calls, OpenAI sends content null when there is no text besides them.
         calls = [call.as_openai() for call in result.tool_calls] or None
-        message = AssistantMessage(content=(result.text or None) if calls else result.text, tool_calls=calls)
+        # Thinking models: content null when the answer never left the reasoning, as vLLM's parser says.
+        empty_is_null = calls or stream.prepared.reasoning
+        message = AssistantMessage(
+            content=(result.text or None) if empty_is_null else result.text,
+            tool_calls=calls,
+            reasoning_content=result.reasoning,
+            reasoning=result.reasoning,
+        )
         return ChatCompletionResponse(
             model=settings.model,
             choices=[Choice(message=message, finish_reason=result.finish_reason)],
@@ -402,7 +411,7 @@ def create_app(
 
 def _engine_facts(engine: Engine) -> dict[str, Any]:
     info = engine.info()
-    facts = {k: info[k] for k in ("device", "dtype", "attention", "weights_gib", "max_model_len")}
+    facts = {k: info[k] for k in ("device", "dtype", "attention", "weights_gib", "max_model_len", "thinking")}
     facts["cuda_available"] = info["device"].startswith("cuda")
     facts["gpu"] = info.get("gpu")
     facts["gpu_memory"] = f"{info['gpu_memory_allocated_gib']} GiB allocated" if "gpu" in info else "N/A"
@@ -555,15 +564,32 @@ class Service:
                     for delta in value.deltas(len(calls.calls) - 1):
                         yield event(DeltaMessage(tool_calls=[delta]))
 
+        def answer(piece: str) -> Iterator[str]:
+            if calls is None:
+                yield event(DeltaMessage(content=piece))
+            else:
+                yield from deltas(calls.feed(piece))
+
+        # Thinking models: reasoning deltas first, then the answer (helpers.reasoning).
+        prepared = stream.prepared
+        thoughts = ReasoningStream(REASONING if prepared.reasoning else CONTENT) if prepared.parsed else None
+
+        def split(events) -> Iterator[str]:
+            for kind, text in events:
+                if kind == REASONING:
+                    yield event(DeltaMessage(reasoning_content=text, reasoning=text))
+                else:
+                    yield from answer(text)
+
         try:
             yield event(DeltaMessage(role="assistant", content=""))
             try:
                 async for piece in _pieces(stream):
-                    if calls is None:
-                        yield event(DeltaMessage(content=piece))
-                    else:
-                        for chunk in deltas(calls.feed(piece)):
-                            yield chunk
+                    for chunk in split(thoughts.feed(piece)) if thoughts else answer(piece):
+                        yield chunk
+                if thoughts is not None:
+                    for chunk in split(thoughts.finish()):
+                        yield chunk
                 if calls is not None:
                     for chunk in deltas(calls.finish()):
                         yield chunk

@@ -46,6 +46,9 @@ less than that is free. :func:`start_vllm` applies the same rule first
 one, ``QWEN3VL_SIMULATE_GPU``) and says what holds the memory and what to do, before
 vLLM's own traceback. :func:`side_by_side` computes budgets with which our server and
 vLLM fit on one card together (notebook 07 compares them).
+- a Thinking model (helpers.models) -> ``--reasoning-parser qwen3``, so that vLLM returns the
+  reasoning apart from the answer as our server does (vLLM 0.32 names the field ``reasoning``;
+  our server sends it as ``reasoning_content`` and ``reasoning``)
 """
 
 from __future__ import annotations
@@ -116,6 +119,14 @@ def max_position_embeddings(model_dir: Path) -> int | None:
     return text.get("max_position_embeddings")
 
 
+def model_type(model_dir: Path) -> str | None:
+    """The checkpoint's family ("qwen3_vl", "qwen3_5") from its config.json."""
+    try:
+        return json.loads((model_dir / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError):
+        return None
+
+
 def _processor_kwargs(settings: Settings) -> dict[str, Any]:
     """Pixel budgets for vLLM's Qwen3-VL processor.
 
@@ -173,6 +184,14 @@ def write_generation_defaults(settings: Settings, model_dir: Path, folder: Path)
     return folder
 
 
+def model_flags(model: str) -> list[str]:
+    """The model's own flags from helpers.models (``--reasoning-parser qwen3`` for Thinking models)."""
+    from helpers.models import model_spec
+
+    spec = model_spec(model)
+    return spec.vllm_flags() if spec is not None else []
+
+
 def vllm_command(
     settings: Settings,
     python: Path | str,
@@ -194,6 +213,8 @@ def vllm_command(
     dtype = settings.dtype
     if dtype == "auto" and cpu:
         dtype = "float32"  # what our engine uses on a CPU; bf16 needs AVX-512 there
+        if model_type(model_dir) == "qwen3_5":
+            dtype = "bfloat16"  # vLLM's CPU kernel for Qwen3.5's Gated DeltaNet layers takes bf16 only
     command = [
         str(python),
         "-m",
@@ -218,7 +239,7 @@ def vllm_command(
         json.dumps({"video": {"num_frames": settings.video_max_frames}}),
         # Only sampling defaults here: a max_new_tokens here would cap every request.
         "--override-generation-config",
-        json.dumps({"presence_penalty": settings.presence_penalty}),
+        json.dumps({"presence_penalty": settings.sampling_defaults().presence_penalty}),
         "--hf-config-path",
         str(generation_defaults_dir(settings, run_dir)),
         "--enable-auto-tool-choice",
@@ -234,6 +255,7 @@ def vllm_command(
         "--structured-outputs-config",
         json.dumps({"backend": "xgrammar", "disable_any_whitespace": True}),
     ]
+    command += model_flags(settings.model)
     if settings.api_key:
         command += ["--api-key", settings.api_key]
     if settings.allowed_local_media_path:

@@ -177,8 +177,9 @@ class ApiClient:
     ) -> AsyncIterator[dict[str, Any]]:
         """The answer's deltas (``choices[0].delta``) as the server sends them; :class:`UiError` on failure.
 
-        Leaving the loop early (the stop button) closes the connection, and the
-        server stops generating.
+        A Thinking model's deltas carry ``reasoning_content`` (our server) or ``reasoning``
+        (vLLM 0.32) before the answer's ``content``. Leaving the loop early (the stop
+        button) closes the connection, and the server stops generating.
         """
         import httpx
 
@@ -328,10 +329,13 @@ class Turn:
     params: dict[str, Any] = field(default_factory=dict)  # sampling as set when it was sent
     state: str = QUEUED
     answer: str = ""
+    reasoning: str = ""  # a Thinking model's reasoning, shown folded above the answer
     note: str = ""  # why there is no (complete) answer
 
     def add(self, delta: dict[str, Any]) -> None:
         """Take one streamed delta (an OpenAI ``choices[].delta``) into the turn."""
+        # reasoning_content (our server, DashScope) or reasoning (vLLM 0.32)
+        self.reasoning += delta.get("reasoning_content") or delta.get("reasoning") or ""
         self.answer += delta.get("content") or ""
 
     def in_history(self) -> bool:
@@ -359,7 +363,10 @@ class Turn:
     def display(self) -> list[dict[str, Any]]:
         """The chat messages that show this turn: the question with its files, then the answer so far."""
         answer = self.answer_message()
-        return [self.question_message()] + ([answer] if answer else [])
+        thought = []
+        if self.reasoning:  # open while it streams, folded once the answer starts
+            thought = [reasoning_bubble(self.reasoning, done=self.state != ANSWERING or bool(self.answer))]
+        return [self.question_message(), *thought] + ([answer] if answer else [])
 
 
 @dataclass
@@ -708,6 +715,12 @@ def build_page(config: PageConfig) -> gr.Blocks:
     return page
 
 
+def reasoning_bubble(text: str, done: bool = False) -> dict[str, Any]:
+    """A Thinking model's reasoning as a foldable message (shown open while it streams, folded when done)."""
+    metadata = {"title": "💭 推理过程（reasoning_content）", "status": "done" if done else "pending"}
+    return {"role": "assistant", "content": text, "metadata": metadata}
+
+
 # ---------------------------------------------------------------------- mount
 def mount_ui(
     app: FastAPI,
@@ -742,7 +755,10 @@ def mount_ui(
         images_dir=IMAGES_DIR,
         max_tokens_limit=settings.max_new_tokens_limit,
         default_max_tokens=settings.default_max_new_tokens,
-        default_presence_penalty=settings.presence_penalty,
+        # The model's published settings (helpers.models): Instruct and Thinking differ.
+        default_temperature=settings.sampling_defaults().temperature,
+        default_top_p=settings.sampling_defaults().top_p,
+        default_presence_penalty=settings.sampling_defaults().presence_penalty,
         concurrency=settings.max_queue + 1,  # more would only meet the server's 429
     )
     page = build_page(config)

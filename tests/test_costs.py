@@ -104,9 +104,9 @@ def test_model_id_picks_its_shape_and_only_small_ones_fit_a_4090(model_id, size,
 
 
 @pytest.mark.parametrize(
-    "model_id", ["/data/my-model", "Qwen/Qwen2.5-VL-7B-Instruct", "Qwen/Qwen3-VL-8B-Instruct-FP8"]
+    "model_id", ["/data/my-model", "Qwen/Qwen2.5-VL-7B-Instruct", "Qwen/Qwen3-VL-8B-Instruct-AWQ"]
 )
-def test_unknown_or_quantised_ids_have_no_shape(model_id):
+def test_unknown_or_quantised_ids_have_no_shape(model_id):  # FP8 ids: tests/test_models.py
     assert costs.shape_for_model(model_id) is None
 
 

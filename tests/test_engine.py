@@ -71,11 +71,13 @@ def test_same_seed_same_sample_different_seed_different_sample(engine):
 
 
 def test_model_defaults_apply_when_sampling_parameters_are_left_out(engine):
-    assert SamplingParams.build(engine.settings).generate_kwargs() == {"max_new_tokens": 512}
+    # Qwen's published Instruct settings (helpers.models; tests/test_reasoning.py has the Thinking ones)
+    chosen = {"max_new_tokens": 512, "do_sample": True, "temperature": 0.7, "top_p": 0.8, "top_k": 20}
+    assert SamplingParams.build(engine.settings).generate_kwargs() == chosen
     greedy = SamplingParams.build(engine.settings, temperature=0).generate_kwargs()
     assert greedy["do_sample"] is False
     sampled = SamplingParams.build(engine.settings, temperature=0.5).generate_kwargs()
-    assert sampled == {"max_new_tokens": 512, "do_sample": True, "temperature": 0.5}
+    assert sampled == {**chosen, "temperature": 0.5}
     assert SamplingParams.build(engine.settings, top_k=-1).top_k == 0
 
 

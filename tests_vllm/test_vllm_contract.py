@@ -133,7 +133,9 @@ def test_vllm_applies_the_settings_presence_penalty_when_a_request_leaves_it_out
     messages = [{"role": "user", "content": "List some colours."}]
     params = {"model": "demo", "messages": messages, "temperature": 0, "max_tokens": 48}
     omitted = vllm.chat.completions.create(**params).choices[0].message.content
-    explicit = vllm.chat.completions.create(**params, presence_penalty=demo_settings.presence_penalty)
+    explicit = vllm.chat.completions.create(
+        **params, presence_penalty=demo_settings.sampling_defaults().presence_penalty
+    )
     assert omitted == explicit.choices[0].message.content
 
 
