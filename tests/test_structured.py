@@ -11,7 +11,7 @@ import torch
 from conftest import generate_ids
 
 from helpers.errors import RequestError
-from helpers.structured import Grammars, ResponseFormat, parse_response_format
+from helpers.structured import ResponseFormat, parse_response_format
 
 EOS = (151645, 151643)
 
@@ -88,12 +88,6 @@ SCHEMAS = {
 
 def json_schema_format(name: str, schema: dict) -> dict:
     return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
-
-
-@pytest.fixture(scope="module")
-def grammars(demo_model_and_processor) -> Grammars:
-    model, processor = demo_model_and_processor
-    return Grammars.for_model(model, processor.tokenizer)
 
 
 def generate(

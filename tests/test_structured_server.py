@@ -8,12 +8,10 @@ import jsonschema
 import openai
 import pytest
 import requests
+from conftest import API_KEY
 from pydantic import BaseModel, Field
 from test_structured import SCHEMAS, json_schema_format
 
-from helpers import launcher
-
-API_KEY = "structured-key"
 ASK = [{"role": "user", "content": "Read the receipt and answer in JSON."}]
 WEATHER_PARAMETERS = {
     "type": "object",
@@ -59,27 +57,14 @@ class Receipt(BaseModel):
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory):
-    server = launcher.start_server(
-        model="demo",
-        port=launcher.free_port(),
-        extra_args=["--api-key", API_KEY],
-        run_dir=tmp_path_factory.mktemp("run"),
-        timeout=120,
-    )
-    yield server
-    launcher.stop_server(server)
+def client(live_server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=live_server.base_url + "/v1", api_key=API_KEY, max_retries=0)
 
 
-@pytest.fixture(scope="module")
-def client(live) -> openai.OpenAI:
-    return openai.OpenAI(base_url=live.base_url + "/v1", api_key=API_KEY, max_retries=0)
-
-
-def post(live, body: dict, path: str = "/v1/chat/completions") -> requests.Response:
+def post(live_server, body: dict, path: str = "/v1/chat/completions") -> requests.Response:
     body = {"model": "demo", "messages": ASK, "temperature": 0, "max_tokens": 400, **body}
     return requests.post(
-        live.base_url + path, json=body, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=300
+        live_server.base_url + path, json=body, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=300
     )
 
 
@@ -107,8 +92,8 @@ def test_sdk_parse_returns_a_validated_pydantic_object(client):
 
 
 @pytest.mark.parametrize("name", list(SCHEMAS))
-def test_every_answer_validates_against_its_json_schema(live, name):
-    response = post(live, {"response_format": json_schema_format(name, SCHEMAS[name])})
+def test_every_answer_validates_against_its_json_schema(live_server, name):
+    response = post(live_server, {"response_format": json_schema_format(name, SCHEMAS[name])})
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["choices"][0]["finish_reason"] == "stop"
@@ -116,10 +101,10 @@ def test_every_answer_validates_against_its_json_schema(live, name):
     assert body["response"] == body["choices"][0]["message"]["content"]
 
 
-def test_sampled_answers_validate_too(live):
+def test_sampled_answers_validate_too(live_server):
     for seed in (1, 2):
         body = {"response_format": json_schema_format("n", SCHEMAS["number_bounds"]), "seed": seed}
-        response = post(live, {**body, "temperature": 1.0, "top_p": 1.0, "top_k": -1})
+        response = post(live_server, {**body, "temperature": 1.0, "top_p": 1.0, "top_k": -1})
         jsonschema.validate(
             json.loads(response.json()["choices"][0]["message"]["content"]), SCHEMAS["number_bounds"]
         )
@@ -136,35 +121,39 @@ def test_json_object_mode_gives_an_object(client):
         assert content.lstrip().startswith("{")
 
 
-def test_streamed_json_equals_the_plain_answer_under_greedy(live):
+def test_streamed_json_equals_the_plain_answer_under_greedy(live_server):
     body = {"response_format": json_schema_format("r", SCHEMAS["required_and_optional"])}
-    plain = post(live, body).json()["choices"][0]["message"]["content"]
-    events = sse_events(post(live, {**body, "stream": True}))
+    plain = post(live_server, body).json()["choices"][0]["message"]["content"]
+    events = sse_events(post(live_server, {**body, "stream": True}))
     streamed = "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"])
     assert streamed == plain
     assert events[-1]["choices"][0]["finish_reason"] == "stop"
     jsonschema.validate(json.loads(streamed), SCHEMAS["required_and_optional"])
 
 
-def test_an_answer_cut_at_max_tokens_is_length_and_unfinished(live):
+def test_an_answer_cut_at_max_tokens_is_length_and_unfinished(live_server):
     body = post(
-        live, {"response_format": json_schema_format("n", SCHEMAS["nested_objects"]), "max_tokens": 5}
+        live_server, {"response_format": json_schema_format("n", SCHEMAS["nested_objects"]), "max_tokens": 5}
     ).json()
     assert body["choices"][0]["finish_reason"] == "length"
     with pytest.raises(ValueError):
         json.loads(body["choices"][0]["message"]["content"])
 
 
-def test_stop_strings_still_cut_a_json_answer(live):
-    body = post(live, {"response_format": json_schema_format("e", SCHEMAS["enums"]), "stop": ['"']}).json()
+def test_stop_strings_still_cut_a_json_answer(live_server):
+    body = post(
+        live_server, {"response_format": json_schema_format("e", SCHEMAS["enums"]), "stop": ['"']}
+    ).json()
     assert body["choices"][0]["finish_reason"] == "stop"
     assert '"' not in body["choices"][0]["message"]["content"]
 
 
-def test_text_format_and_the_original_route(live):
-    text = post(live, {"response_format": {"type": "text"}, "max_tokens": 8}).json()
+def test_text_format_and_the_original_route(live_server):
+    text = post(live_server, {"response_format": {"type": "text"}, "max_tokens": 8}).json()
     assert text["choices"][0]["finish_reason"] == "length"
-    generate = post(live, {"response_format": json_schema_format("a", SCHEMAS["array"])}, path="/generate")
+    generate = post(
+        live_server, {"response_format": json_schema_format("a", SCHEMAS["array"])}, path="/generate"
+    )
     assert generate.status_code == 200, generate.text
     jsonschema.validate(json.loads(generate.json()["response"]), SCHEMAS["array"])
 
@@ -209,7 +198,7 @@ def test_auto_and_none(client):
     assert none.message.content == plain.choices[0].message.content  # "none" hides the tools
 
 
-def test_a_streamed_tool_call_matches_the_plain_one(client, live):
+def test_a_streamed_tool_call_matches_the_plain_one(client, live_server):
     options = {"tools": TOOLS, "tool_choice": "required", "parallel_tool_calls": False}
     plain = client.chat.completions.create(
         model="demo", messages=ASK, temperature=0, max_tokens=400, **options
@@ -301,14 +290,14 @@ def test_a_tool_call_round_trip(client):
         ),
     ],
 )
-def test_bad_structured_requests_are_a_400_naming_the_field(live, body, param):
-    response = post(live, body)
+def test_bad_structured_requests_are_a_400_naming_the_field(live_server, body, param):
+    response = post(live_server, body)
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert error["param"] == param and "Traceback" not in response.text
 
 
-def test_generate_route_refuses_tools(live):
-    response = post(live, {"tools": TOOLS}, path="/generate")
+def test_generate_route_refuses_tools(live_server):
+    response = post(live_server, {"tools": TOOLS}, path="/generate")
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "tools"

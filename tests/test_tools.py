@@ -12,7 +12,6 @@ from conftest import generate_ids
 
 from helpers.demo_model import CHAT_TEMPLATE
 from helpers.errors import RequestError
-from helpers.structured import Grammars
 from helpers.tools import ToolCallStream, check_tool_calls, parse_tool_calls, parse_tools
 
 REAL_TEMPLATE = (Path(__file__).parent / "data" / "qwen3_vl_chat_template.jinja").read_text(encoding="utf-8")
@@ -302,12 +301,6 @@ def generate_call(demo_model_and_processor, grammars, request, seed, max_new_tok
         tools=request.template_tools(),
     )
     return ids, demo_model_and_processor[1].tokenizer.decode(ids, skip_special_tokens=True)
-
-
-@pytest.fixture(scope="module")
-def grammars(demo_model_and_processor) -> Grammars:
-    model, processor = demo_model_and_processor
-    return Grammars.for_model(model, processor.tokenizer)
 
 
 def check_calls(calls, allowed: dict[str, dict]):
