@@ -643,10 +643,9 @@ def main(argv: list[str] | None = None) -> None:
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level=args.log_level, timeout_graceful_shutdown=5
     )
-    try:
+    # Ctrl-C: uvicorn re-raises SIGINT after the app has ended its streams; exit without a traceback.
+    with contextlib.suppress(KeyboardInterrupt):
         GracefulServer(config, on_exit=app.state.service.begin_shutdown).run()
-    except KeyboardInterrupt:
-        pass  # Ctrl-C: uvicorn re-raises SIGINT once the app has ended its streams; no traceback
 
 
 def check_gpu_before_loading(settings: Settings, probe=None) -> None:
