@@ -68,8 +68,10 @@ Keys of ``bench.json`` (times in seconds unless the name says ``_ms``;
   ``helpers.costs.image_host_bytes`` / ``video_host_bytes``), ``rss_ratio`` (float, measured /
   estimate), ``peak_vram_bytes`` (int, growth of ``torch.cuda.max_memory_allocated`` while the
   request generates one token), ``vram_estimate_bytes`` (int, its KV cache plus the runtime
-  allowance of ``helpers.costs``), ``vram_ratio`` (float); the three VRAM figures are ``null``
-  without CUDA
+  allowance of ``helpers.costs``), ``vram_ratio`` (float), ``vram_skipped`` (str, why the VRAM
+  figure is missing on a GPU: the request exceeds the model's context or the free memory;
+  each request runs with the context it needs, not the bench's 4096); the VRAM figures are
+  ``null`` without CUDA
 - ``gpu`` (all ``null`` without CUDA): ``name`` (str), ``peak_vram_bytes`` (int,
   ``torch.cuda.max_memory_allocated`` of the in-process engine), ``decode_tokens`` (int),
   ``decode_tokens_per_s`` (float, greedy, after the first token), ``bandwidth_gb_s`` (float, the
@@ -527,15 +529,65 @@ def _vram_growth(engine: Engine, fn: Callable[[], Any]) -> int:
     return int(torch.cuda.max_memory_allocated(engine.device) - before)
 
 
-def media_memory(engine: Engine, pixels: int | None = None) -> dict[str, dict[str, Any]]:
+def _request_vram(
+    engine: Engine,
+    local: Engine,
+    messages: list[dict[str, Any]],
+    tokens: int,
+    measure: Callable[[Engine, Callable[[], Any]], int],
+    probe: MemoryProbe | None,
+) -> dict[str, Any]:
+    """VRAM of one request generating one token, against its estimate; ``vram_skipped`` says why not.
+
+    The bench's engine keeps a short context (BENCH_MAX_MODEL_LEN, so that two copies
+    fit), shorter than the largest requests: this one runs with the context it needs.
+    """
+    from helpers import costs
+    from helpers.errors import RequestError
+
+    shape = costs.ModelShape.from_pretrained(engine.model_path, engine.dtype.itemsize)
+    estimate = shape.kv_cache_bytes(tokens + 1) + costs.RUNTIME_OVERHEAD_BYTES
+    entry: dict[str, Any] = {"vram_estimate_bytes": estimate, "vram_skipped": None}
+    runner = local.with_settings(max_model_len=tokens + 1)
+    reading = (probe or (lambda: costs.torch_probe(engine.device)))()
+    if runner.max_model_len < tokens + 1:
+        entry["vram_skipped"] = f"{tokens + 1} tokens exceed the model's context ({runner.max_model_len})"
+    elif reading is not None and reading[0] < estimate:
+        entry["vram_skipped"] = (
+            f"needs about {costs.format_bytes(estimate)} of free GPU memory, "
+            f"{costs.format_bytes(reading[0])} free"
+        )
+    else:
+        try:
+            entry["peak_vram_bytes"] = measure(
+                engine, lambda: runner.chat(messages, max_new_tokens=1, temperature=0)
+            )
+        except RequestError as exc:  # e.g. out of memory (413): a figure we could not take
+            entry["vram_skipped"] = exc.message
+        else:
+            entry["vram_ratio"] = entry["peak_vram_bytes"] / estimate
+    return entry
+
+
+def media_memory(
+    engine: Engine,
+    pixels: int | None = None,
+    vram_growth: Callable[[Engine, Callable[[], Any]], int] | None = None,
+    probe: MemoryProbe | None = None,
+) -> dict[str, dict[str, Any]]:
     """Peak RSS (and VRAM on a GPU) of the largest image request and video request, against estimates.
 
     ``pixels`` (default ``max_image_input_pixels``) sizes every picture and frame.
+    ``vram_growth`` measures the VRAM a call adds (default on a GPU: ``torch.cuda``
+    peak statistics) and ``probe`` reads (free, total) GPU bytes (default
+    ``torch.cuda.mem_get_info``); tests pass stand-ins for both.
     """
     import tempfile
 
     from helpers import costs
 
+    if vram_growth is None and str(engine.device).startswith("cuda"):
+        vram_growth = _vram_growth
     s = engine.settings
     frames = s.video_max_frames - s.video_max_frames % costs.TEMPORAL_PATCH_SIZE
     images = s.max_images_per_request
@@ -543,8 +595,8 @@ def media_memory(engine: Engine, pixels: int | None = None) -> dict[str, dict[st
     with tempfile.TemporaryDirectory(prefix="bench-media-") as tmp:
         image_path, clip_path = write_largest_media(Path(tmp), pixels or s.max_image_input_pixels)
         local = engine.with_settings(allowed_local_media_path=[Path(tmp)])
-        with Image.open(image_path) as probe:
-            input_pixels = probe.width * probe.height
+        with Image.open(image_path) as picture:
+            input_pixels = picture.width * picture.height
         cases = {
             "image": (
                 [{"type": "image", "image": image_path.name}] * images,
@@ -572,16 +624,10 @@ def media_memory(engine: Engine, pixels: int | None = None) -> dict[str, dict[st
                 "peak_vram_bytes": None,
                 "vram_estimate_bytes": None,
                 "vram_ratio": None,
+                "vram_skipped": None,
             }
-            if str(engine.device).startswith("cuda"):
-                shape = costs.ModelShape.from_pretrained(engine.model_path, engine.dtype.itemsize)
-                vram = _vram_growth(
-                    engine, lambda messages=messages: local.chat(messages, max_new_tokens=1, temperature=0)
-                )
-                vram_estimate = shape.kv_cache_bytes(tokens + 1) + costs.RUNTIME_OVERHEAD_BYTES
-                entry["peak_vram_bytes"] = vram
-                entry["vram_estimate_bytes"] = vram_estimate
-                entry["vram_ratio"] = vram / vram_estimate
+            if vram_growth is not None:
+                entry.update(_request_vram(engine, local, messages, tokens, vram_growth, probe))
             results[kind] = entry
     return results
 
@@ -761,17 +807,20 @@ def run_bench(
     """Measure everything, write ``bench.json`` and ``bench.png`` into ``out_dir``; return the results.
 
     ``base_url`` measures a server that is already running (with the same model)
-    instead of starting one. ``media_pixels`` sizes the pictures and frames of the
-    memory measurement (default: the largest the settings accept).
+    instead of starting one; its API key is ``$QWEN3VL_API_KEY``. ``media_pixels``
+    sizes the pictures and frames of the memory measurement (default: the largest
+    the settings accept).
     """
     import torch
 
     from helpers import launcher
+    from helpers.client import auth_headers
     from helpers.engine import Engine
 
     began = time.perf_counter()
     model = model or os.environ.get("QWEN3VL_MODEL") or "demo"
     health_requests = health_requests or 20 * repeats
+    headers = auth_headers() if base_url is not None else {}  # a running server: $QWEN3VL_API_KEY
     settings = Settings.from_env(model=model, allowed_local_media_path=[IMAGES_DIR])
     settings = settings.replace(max_model_len=min(settings.max_model_len, BENCH_MAX_MODEL_LEN))
     check_two_copies_fit(settings)
@@ -794,6 +843,7 @@ def run_bench(
             engine = loading.result()
         _log(verbose, f"模型已在本进程加载（{engine.device}），服务在 {base_url}")
         http = requests.Session()  # one keep-alive connection, as a real client would use
+        http.headers.update(headers)
         text = text_messages()
         prompt_tokens = engine.prepare(text).prompt_tokens
 
@@ -829,14 +879,19 @@ def run_bench(
 
         _log(verbose, f"3/6 /health 延迟：空闲与生成中各 {health_requests} 次 ...")
         idle = health_latencies(http, base_url, health_requests)
-        busy, still_running = health_while_generating(base_url, health_requests, text, long_tokens)
+        busy, still_running = health_while_generating(
+            base_url, health_requests, text, long_tokens, headers=headers
+        )
 
         _log(verbose, f"4/6 并发 {', '.join(map(str, concurrency))} 下的吞吐 ...")
         throughput = [
-            concurrency_run(base_url, text, c, max(repeats, 2 * c), max_tokens).summary() for c in concurrency
+            concurrency_run(base_url, text, c, max(repeats, 2 * c), max_tokens, headers=headers).summary()
+            for c in concurrency
         ]
         throughput.append(
-            concurrency_run(base_url, image_messages(), 1, repeats, max_tokens, "image").summary()
+            concurrency_run(
+                base_url, image_messages(), 1, repeats, max_tokens, "image", headers=headers
+            ).summary()
         )
 
         _log(verbose, "5/6 视频解码速度 ...")

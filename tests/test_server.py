@@ -56,10 +56,10 @@ def post(live_http, path, body, **kwargs):
 
 
 # ------------------------------------------------------------------------ shape
-def test_health_reports_the_loaded_model(client):
+def test_health_reports_the_loaded_model(client, engine):
     body = client.get("/health").json()
     assert body["status"] == "ok" and body["model"] == "demo" and body["demo"] is True
-    assert body["device"] == "cpu" and body["dtype"] == "float32"
+    assert (body["device"], body["dtype"]) == (engine.device, engine.info()["dtype"])  # cpu/float32 here
     assert {"running", "waiting", "max_waiting"} <= set(body["queue"])
 
 
