@@ -324,6 +324,7 @@ def test_api_key_is_required_on_v1_and_generate_but_not_health(live_server):
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": API_KEY}):
             response = requests.request(method, base + path, json=chat_body(), headers=headers, timeout=10)
             assert_error(response, 401, "API key")
+            assert response.headers["WWW-Authenticate"] == "Bearer"  # RFC 6750: how to authenticate
     ok = requests.get(f"{base}/v1/models", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=10)
     assert ok.status_code == 200
 
