@@ -164,6 +164,15 @@ class GenerationQueue:
                 )
         self._slot.release()
 
+    def give_back(self) -> None:
+        """Free a slot that was granted to a request whose client had already left (on the event loop).
+
+        Nothing was generated for it: the leave counts as cancelled, and it adds no service time.
+        """
+        self.running -= 1
+        self.cancelled += 1
+        self._slot.release()
+
     def stats(self) -> dict[str, int]:
         return {
             "running": self.running,
@@ -416,7 +425,9 @@ class Service:
         except BaseException:
             self.queue.cancel_reservation()
             raise
-        await self._unless_gone(self.queue.acquire(), request, on_late_result=self._give_back_slot)
+        await self._unless_gone(
+            self.queue.acquire(), request, on_late_result=lambda _: self.queue.give_back()
+        )
 
         def finished(stream: ChatStream) -> None:
             self.active.discard(stream)
@@ -433,9 +444,6 @@ class Service:
         if self.stopping.is_set():
             stream.cancel()
         return stream
-
-    def _give_back_slot(self, _result: Any) -> None:
-        self.queue._release(stopped_early=True)
 
     async def _unless_gone(
         self, work: Awaitable[Any], request: Request, on_late_result: Callable[[Any], None] | None = None

@@ -63,3 +63,22 @@ def test_listening_beyond_this_machine_without_a_key_is_warned_about(monkeypatch
     assert config.host == args[1]
     warnings = [r.getMessage() for r in caplog.records if "without --api-key" in r.getMessage()]
     assert bool(warnings) == warned, warnings
+
+
+def test_a_slot_granted_after_its_client_left_is_given_back_as_one_cancelled_request():
+    import asyncio
+
+    from helpers.server import GenerationQueue
+
+    async def scenario() -> dict:
+        queue = GenerationQueue(max_waiting=2)
+        queue.reserve()
+        await queue.acquire()  # granted just as the client left (the rare race in Service.start)
+        queue.give_back()
+        queue.reserve()
+        await asyncio.wait_for(queue.acquire(), 5)  # the model is free again for the next request
+        return queue.stats()
+
+    stats = asyncio.run(scenario())
+    assert (stats["running"], stats["waiting"], stats["completed"], stats["cancelled"]) == (1, 0, 0, 1)
+    assert stats["seconds_per_request"] == 0  # nothing was generated: no service time recorded
