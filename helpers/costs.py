@@ -309,15 +309,55 @@ class GpuMemoryStatus:
         )
 
 
-def model_shape_for(settings, bytes_per_value: int | None = None) -> ModelShape:
-    """The configured model's shape: its config.json when downloaded, else its id's row, else the 4B's."""
+def model_shape_and_source(settings, bytes_per_value: int | None = None) -> tuple[ModelShape, str]:
+    """The configured model's shape and where it came from, by one rule for every estimate.
+
+    ``"downloaded"``: its own config.json and weights; ``"published"``: its id's row
+    of ``MODEL_SHAPES``; ``"assumed"``: an unknown id, estimated as the 4B.
+    ``bytes_per_value`` defaults to 4 for ``dtype=float32``, else 2 (bf16/fp16).
+    """
     if bytes_per_value is None:
         bytes_per_value = 4 if settings.dtype == "float32" else 2
     folder = settings.model_dir()
     if (folder / "config.json").is_file() and any(folder.glob("*.safetensors")):
-        return ModelShape.from_pretrained(folder, bytes_per_value)
-    shape = shape_for_model(settings.model) or QWEN3_VL_4B
-    return dataclasses.replace(shape, bytes_per_value=bytes_per_value)
+        return ModelShape.from_pretrained(folder, bytes_per_value), "downloaded"
+    shape = shape_for_model(settings.model)
+    source = "published" if shape is not None else "assumed"
+    return dataclasses.replace(shape or QWEN3_VL_4B, bytes_per_value=bytes_per_value), source
+
+
+def model_shape_for(settings, bytes_per_value: int | None = None) -> ModelShape:
+    """The configured model's shape: its config.json when downloaded, else its id's row, else the 4B's."""
+    return model_shape_and_source(settings, bytes_per_value)[0]
+
+
+@dataclass(frozen=True)
+class RequestEstimate:
+    """GPU memory for the model plus one request: the shape used, where it came from, the tokens."""
+
+    shape: ModelShape
+    source: str  # downloaded / published / assumed (see model_shape_and_source)
+    tokens: int
+    memory: MemoryEstimate
+
+
+# Which request an estimate is for: the longest one the server accepts (what a start must
+# fit), or every image and video at full budget with text and answer (env_check's table).
+ESTIMATE_REQUESTS = ("max_model_len", "largest_media")
+
+
+def vram_estimate(
+    settings, request: str = "max_model_len", bytes_per_value: int | None = None
+) -> RequestEstimate:
+    """GPU memory for the configured model and one ``request`` (see ``ESTIMATE_REQUESTS``)."""
+    if request == "max_model_len":
+        tokens = settings.max_model_len
+    elif request == "largest_media":
+        tokens = max_request_tokens(settings)
+    else:
+        raise ValueError(f"request must be one of {ESTIMATE_REQUESTS}, got {request!r}")
+    shape, source = model_shape_and_source(settings, bytes_per_value)
+    return RequestEstimate(shape, source, tokens, memory_estimate(shape, tokens))
 
 
 def gpu_memory_status(settings, probe: MemoryProbe | None = None) -> GpuMemoryStatus:
@@ -330,7 +370,7 @@ def gpu_memory_status(settings, probe: MemoryProbe | None = None) -> GpuMemorySt
     if reading is None:
         return GpuMemoryStatus(model=settings.model, cuda=False)
     free, total = reading
-    estimate = memory_estimate(model_shape_for(settings), settings.max_model_len)
+    estimate = vram_estimate(settings, "max_model_len").memory
     return GpuMemoryStatus(settings.model, True, int(free), int(total), estimate.total, estimate)
 
 
