@@ -14,6 +14,7 @@ import pytest
 from conftest import API_KEY
 
 from helpers import bench
+from helpers.assets import CAT_PHOTO_PATH
 
 GIB = 1024**3
 
@@ -201,7 +202,7 @@ def test_image_request_carries_the_cat_as_a_jpeg_data_uri():
     (message,) = bench.image_messages()
     url = message["content"][0]["image_url"]["url"]
     assert url.startswith("data:image/jpeg;base64,")
-    assert base64.b64decode(url.split(",", 1)[1]) == bench.CAT_PHOTO_PATH.read_bytes()
+    assert base64.b64decode(url.split(",", 1)[1]) == CAT_PHOTO_PATH.read_bytes()
 
 
 def test_video_decode_speed_reads_every_frame_of_the_clip_at_8_fps():

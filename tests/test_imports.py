@@ -8,27 +8,30 @@ from pathlib import Path
 HELPERS = Path(__file__).resolve().parent.parent / "helpers"
 
 
+def module_name(path: Path) -> str:
+    """``engine`` for helpers/engine.py, ``bench.run`` for helpers/bench/run.py, ``bench`` for __init__."""
+    parts = path.relative_to(HELPERS).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
 def imports_of(path: Path, modules: set[str]) -> set[str]:
     """The helpers modules that ``path`` imports anywhere (top level or inside functions)."""
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.ImportFrom) and node.module == "helpers":
-            found |= {alias.name for alias in node.names if alias.name in modules}
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("helpers."):
-            found.add(node.module.split(".")[1])
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("helpers"):
+            base = node.module.removeprefix("helpers").lstrip(".")
+            for alias in node.names:  # `from helpers.bench import run` names a module
+                candidate = f"{base}.{alias.name}".lstrip(".")
+                found.add(candidate if candidate in modules else base)
         elif isinstance(node, ast.Import):
-            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("helpers.")}
-    return found - {path.stem}
+            found |= {a.name.removeprefix("helpers.") for a in node.names if a.name.startswith("helpers.")}
+    return (found & modules) - {module_name(path)}
 
 
 def import_graph() -> dict[str, set[str]]:
-    modules = {p.stem for p in HELPERS.glob("*.py")}
-    modules |= {p.name for p in HELPERS.iterdir() if (p / "__init__.py").is_file()}  # subpackages
-    graph = {}
-    for path in HELPERS.rglob("*.py"):
-        name = path.parent.name if path.parent != HELPERS else path.stem
-        graph.setdefault(name, set()).update(imports_of(path, modules) - {name})
-    return graph
+    paths = list(HELPERS.rglob("*.py"))
+    modules = {module_name(p) for p in paths} - {""}
+    return {module_name(p): imports_of(p, modules) for p in paths if module_name(p)}
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -55,6 +58,7 @@ def test_the_cycle_finder_finds_a_cycle():
 
 def test_no_helpers_module_imports_one_that_imports_it_back():
     graph = import_graph()
-    assert {"assets", "grounding", "fonts", "server", "engine"} <= set(graph)
+    assert {"assets", "grounding", "fonts", "server", "bench", "bench.run", "bench.common"} <= set(graph)
+    assert "bench.common" in graph["bench.run"] and "bench.run" in graph["bench"]
     assert "fonts" in graph["grounding"] and "assets" not in graph["grounding"]
     assert cycles(graph) == [], [" -> ".join(c) for c in cycles(graph)]
