@@ -84,14 +84,31 @@ demo: setup
 	$(DEMO_ENV) $(PYTHON) -m helpers.demo_model
 	$(DEMO_ENV) $(PYTHON) -m helpers.run_notebooks
 
-test: setup-dev
-	$(DEMO_ENV) $(PYTHON) -m pytest tests
-	@if [ -n "$(NOTEBOOKS)" ]; then \
-		$(DEMO_ENV) $(SIM_GPU) $(PYTHON) -m pytest --nbval-lax --nbval-cell-timeout=600 -p no:cacheprovider \
-			$(NOTEBOOKS); \
+# pip runs again only when a requirements file (or pyproject.toml) changed since the last
+# successful `make setup-dev` through this stamp; `make clean` removes it.
+SETUP_STAMP := build/.setup-dev.stamp
+$(SETUP_STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	$(MAKE) setup-dev
+	@mkdir -p $(dir $@) && touch $@
+
+# The pytest half and the notebook half run side by side (two processes, one torch thread
+# each, so that two cores are not oversubscribed); the notebooks run one after another
+# (05 and 06 share port 6006's pid file). The notebook log is printed once both are done.
+TEST_ENV := $(DEMO_ENV) OMP_NUM_THREADS=1
+test: $(SETUP_STAMP)
+	@mkdir -p build; nb=""; \
+	if [ -n "$(NOTEBOOKS)" ]; then \
+		$(TEST_ENV) $(SIM_GPU) $(PYTHON) -m pytest --nbval-lax --nbval-cell-timeout=600 -p no:cacheprovider \
+			$(NOTEBOOKS) > build/nbval.log 2>&1 & nb=$$!; \
 	else \
 		echo "no notebooks yet: skipping the nbval half"; \
-	fi
+	fi; \
+	$(TEST_ENV) $(PYTHON) -m pytest --durations=25 tests; tests=$$?; notebooks=0; \
+	if [ -n "$$nb" ]; then \
+		wait $$nb || notebooks=$$?; \
+		echo "=== notebooks (nbval) ==="; cat build/nbval.log; \
+	fi; \
+	[ $$tests = 0 ] && [ $$notebooks = 0 ]
 
 serve:
 	$(PYTHON) -m helpers.server
@@ -107,7 +124,7 @@ serve-vllm:
 	$(VLLM_QUIET) QWEN3VL_VLLM_VENV=$(VLLM_VENV) $(PYTHON) -m helpers.vllm_server
 
 # Starts vLLM on the demo checkpoint (tests_vllm/ and notebook 07 each start one, ~2 min on 2 cores).
-test-vllm: setup-dev vllm-setup
+test-vllm: $(SETUP_STAMP) vllm-setup
 	$(DEMO_ENV) $(VLLM_QUIET) QWEN3VL_VLLM_VENV=$(VLLM_VENV) $(PYTHON) -m pytest -p no:cacheprovider tests_vllm
 	@if [ -n "$(VLLM_NOTEBOOKS)" ]; then \
 		$(DEMO_ENV) $(SIM_GPU) $(VLLM_QUIET) QWEN3VL_VLLM_VENV=$(VLLM_VENV) $(PYTHON) -m pytest --nbval-lax \

@@ -458,15 +458,55 @@ class GpuMemoryStatus:
         return zh + en
 
 
-def model_shape_for(settings, bytes_per_value: int | None = None) -> ModelShape:
-    """The configured model's shape: its config.json when downloaded, else its id's row, else the 4B's."""
+def model_shape_and_source(settings, bytes_per_value: int | None = None) -> tuple[ModelShape, str]:
+    """The configured model's shape and where it came from, by one rule for every estimate.
+
+    ``"downloaded"``: its own config.json and weights; ``"published"``: its id's row
+    of ``MODEL_SHAPES``; ``"assumed"``: an unknown id, estimated as the 4B.
+    ``bytes_per_value`` defaults to 4 for ``dtype=float32``, else 2 (bf16/fp16).
+    """
     if bytes_per_value is None:
         bytes_per_value = 4 if settings.dtype == "float32" else 2
     folder = settings.model_dir()
     if (folder / "config.json").is_file() and any(folder.glob("*.safetensors")):
-        return ModelShape.from_pretrained(folder, bytes_per_value)
-    shape = shape_for_model(settings.model) or QWEN3_VL_4B
-    return dataclasses.replace(shape, bytes_per_value=bytes_per_value)
+        return ModelShape.from_pretrained(folder, bytes_per_value), "downloaded"
+    shape = shape_for_model(settings.model)
+    source = "published" if shape is not None else "assumed"
+    return dataclasses.replace(shape or QWEN3_VL_4B, bytes_per_value=bytes_per_value), source
+
+
+def model_shape_for(settings, bytes_per_value: int | None = None) -> ModelShape:
+    """The configured model's shape: its config.json when downloaded, else its id's row, else the 4B's."""
+    return model_shape_and_source(settings, bytes_per_value)[0]
+
+
+@dataclass(frozen=True)
+class RequestEstimate:
+    """GPU memory for the model plus one request: the shape used, where it came from, the tokens."""
+
+    shape: ModelShape
+    source: str  # downloaded / published / assumed (see model_shape_and_source)
+    tokens: int
+    memory: MemoryEstimate
+
+
+# Which request an estimate is for: the longest one the server accepts (what a start must
+# fit), or every image and video at full budget with text and answer (env_check's table).
+ESTIMATE_REQUESTS = ("max_model_len", "largest_media")
+
+
+def vram_estimate(
+    settings, request: str = "max_model_len", bytes_per_value: int | None = None
+) -> RequestEstimate:
+    """GPU memory for the configured model and one ``request`` (see ``ESTIMATE_REQUESTS``)."""
+    if request == "max_model_len":
+        tokens = settings.max_model_len
+    elif request == "largest_media":
+        tokens = max_request_tokens(settings)
+    else:
+        raise ValueError(f"request must be one of {ESTIMATE_REQUESTS}, got {request!r}")
+    shape, source = model_shape_and_source(settings, bytes_per_value)
+    return RequestEstimate(shape, source, tokens, memory_estimate(shape, tokens))
 
 
 def reservation_estimate(settings) -> MemoryEstimate:
@@ -476,8 +516,9 @@ def reservation_estimate(settings) -> MemoryEstimate:
     except that the demo model stands for the model being taught: the 4B in bf16,
     never the demo weights' few megabytes.
     """
-    shape = QWEN3_VL_4B if settings.is_demo else model_shape_for(settings)
-    return memory_estimate(shape, settings.max_model_len)
+    if settings.is_demo:
+        return memory_estimate(QWEN3_VL_4B, settings.max_model_len)
+    return vram_estimate(settings, "max_model_len").memory
 
 
 def gpu_memory_status(settings, probe: MemoryProbe | None = None, use_torch: bool = True) -> GpuMemoryStatus:
@@ -496,7 +537,7 @@ def gpu_memory_status(settings, probe: MemoryProbe | None = None, use_torch: boo
     if simulated:
         estimate = reservation_estimate(settings)
     else:
-        estimate = memory_estimate(model_shape_for(settings), settings.max_model_len)
+        estimate = vram_estimate(settings, "max_model_len").memory
     return GpuMemoryStatus(
         settings.model,
         True,

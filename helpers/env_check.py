@@ -569,27 +569,20 @@ def check_network(environ: Mapping[str, str]) -> CheckRow:
 
 
 def check_fit(settings: Settings, devices: list[GpuDevice]) -> CheckRow:
-    from helpers.costs import (
-        QWEN3_VL_4B,
-        ModelShape,
-        format_bytes,
-        max_request_tokens,
-        memory_estimate,
-        shape_for_model,
-    )
+    from helpers.costs import format_bytes, vram_estimate
 
     name = "显存估算（默认预算）"
-    shape, prefix = QWEN3_VL_4B, ""
+    # The demo stands in for the 4B: the table shows what the real model will need.
+    planned = settings.replace(model=DEFAULT_MODEL) if settings.is_demo else settings
+    chosen = vram_estimate(planned, "largest_media", bytes_per_value=2)  # bf16, as the text says
+    shape, tokens, estimate = chosen.shape, chosen.tokens, chosen.memory
+    prefix = {
+        "downloaded": "",
+        "published": "还没有下载，按公开配置估算：",
+        "assumed": f"不认识 {settings.model} 的大小，按 4B 估算：",
+    }[chosen.source]
     if settings.is_demo:
         prefix = "演示模式，按 4B 计算："
-    elif has_weights(settings.model_dir()):
-        shape = ModelShape.from_pretrained(settings.model_dir())
-    elif (known := shape_for_model(settings.model)) is not None:
-        shape, prefix = known, "还没有下载，按公开配置估算："
-    else:
-        prefix = f"不认识 {settings.model} 的大小，按 4B 估算："
-    tokens = max_request_tokens(settings)
-    estimate = memory_estimate(shape, tokens)
     named = shape.name if "FP8" in shape.name.upper() else f"{shape.name} bf16"  # FP8 ids say so themselves
     need = f"{prefix}{named} + 最大请求 {tokens} token 需要约 {format_bytes(estimate.total)}"
     too_big_for_4090 = not estimate.fits(24 * GIB)

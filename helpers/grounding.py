@@ -32,6 +32,8 @@ from typing import Any, Literal
 
 from PIL import Image, ImageDraw, ImageFont
 
+from helpers import fonts
+
 __all__ = [
     "COORD_RANGE",
     "DEMO_CAPTION",
@@ -288,7 +290,7 @@ def draw_grounding(
     ``caption`` (e.g. :data:`DEMO_CAPTION`) is written on a bar above the picture,
     so a saved or shared copy still says what the boxes are; the picture grows by that bar.
     Chinese labels need a CJK font: pass ``font``, or one is looked up on this machine
-    (see ``helpers.assets.find_cjk_font``); without one they are drawn as ``#1``, ``#2``, ...
+    (see ``helpers.fonts.find_cjk_font``); without one they are drawn as ``#1``, ``#2``, ...
     in list order, with a warning.
     """
     dets = list(detections)
@@ -381,9 +383,7 @@ def _has_cjk(text: str) -> bool:
 def _label_font(size: int, needs_cjk: bool) -> tuple[ImageFont.FreeTypeFont | ImageFont.ImageFont, bool]:
     """A label font and whether it can draw CJK: a CJK font from this machine when needed, else Pillow's."""
     if needs_cjk:
-        from helpers.assets import find_cjk_font  # lazy: assets imports this module
-
-        path = find_cjk_font()
+        path = fonts.find_cjk_font()
         if path is not None:
             try:
                 return ImageFont.truetype(str(path), size), True

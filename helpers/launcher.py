@@ -171,7 +171,8 @@ def start_server(
     the configured device (so the calling kernel creates no CUDA context of its own),
     or the simulated card (``QWEN3VL_SIMULATE_GPU``); None skips the check.
     """
-    stop_leftover(port, run_dir)  # a server an earlier kernel left must not count as "someone else's"
+    if stop_leftover(port, run_dir):  # a server an earlier kernel left must not count as "someone else's"
+        _wait_port_free(host, port, 10.0)
     if gpu_probe is not None:
         overrides = {"model": model} if model else {}
         settings = Settings.from_env({**os.environ, **(env or {})}, **overrides)
@@ -220,7 +221,7 @@ def start_process(
     run_dir.mkdir(parents=True, exist_ok=True)
     if stop_leftover(port, run_dir):
         print(f"stopped a server left on port {port} by an earlier run")
-    _wait_port_free(host, port, 10.0)
+        _wait_port_free(host, port, 10.0)  # only a server we just stopped is worth waiting for
     if not port_is_free(host, port):
         raise RuntimeError(
             f"port {port} is already used by another program; stop it (e.g. `fuser -k {port}/tcp`) "

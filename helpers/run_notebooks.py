@@ -41,9 +41,12 @@ def tutorial_notebooks(folder: Path = NOTEBOOK_DIR) -> list[Path]:
 
 
 def execute_notebook(
-    path: Path, output_dir: Path = OUTPUT_DIR, timeout: int = 600
+    path: Path, output_dir: Path | None = None, timeout: int = 600
 ) -> tuple[bool, float, str]:
-    """Run one notebook top to bottom in a fresh kernel; return (ok, seconds, error summary)."""
+    """Run one notebook top to bottom in a fresh kernel; return (ok, seconds, error summary).
+
+    The executed copy goes to ``output_dir`` (default ``OUTPUT_DIR``, build/executed/).
+    """
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
@@ -71,6 +74,7 @@ def execute_notebook(
         ok = False
         error = f"{type(exc).__name__}: {exc}"[:200]
     seconds = time.perf_counter() - start
+    output_dir = output_dir or OUTPUT_DIR
     output_dir.mkdir(parents=True, exist_ok=True)
     nbformat.write(runnable, output_dir / path.name)
     return ok, seconds, error
@@ -103,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<{width}}  {seconds:8.1f}  {'ok' if ok else 'FAILED  ' + error}")
     for line in skipped:
         print(line)
-    print(f"executed copies: {OUTPUT_DIR.relative_to(REPO_ROOT)}/")
+    shown = OUTPUT_DIR.relative_to(REPO_ROOT) if OUTPUT_DIR.is_relative_to(REPO_ROOT) else OUTPUT_DIR
+    print(f"executed copies: {shown}/")
     failed = sum(not ok for _, ok, _, _ in rows)
     print(f"{len(rows) - failed}/{len(rows)} notebooks ok")
     return 1 if failed else 0

@@ -187,6 +187,15 @@ class GenerationQueue:
                 )
         self._slot.release()
 
+    def give_back(self) -> None:
+        """Free a slot that was granted to a request whose client had already left (on the event loop).
+
+        Nothing was generated for it: the leave counts as cancelled, and it adds no service time.
+        """
+        self.running -= 1
+        self.cancelled += 1
+        self._slot.release()
+
     def stats(self) -> dict[str, int]:
         return {
             "running": self.running,
@@ -462,7 +471,9 @@ class Service:
         except BaseException as exc:
             self.queue.cancel_reservation(left=getattr(exc, "code", None) in _GONE)
             raise
-        await self._unless_gone(self.queue.acquire(), request, on_late_result=self._give_back_slot)
+        await self._unless_gone(
+            self.queue.acquire(), request, on_late_result=lambda _: self.queue.give_back()
+        )
 
         def finished(stream: ChatStream) -> None:
             self.active.discard(stream)
@@ -480,9 +491,6 @@ class Service:
         if self.stopping.is_set():
             stream.cancel()
         return stream
-
-    def _give_back_slot(self, _result: Any) -> None:
-        self.queue._release(stopped_early=True)
 
     async def _unless_gone(
         self, work: Awaitable[Any], request: Request, on_late_result: Callable[[Any], None] | None = None
@@ -718,7 +726,9 @@ def main(argv: list[str] | None = None) -> None:
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level=args.log_level, timeout_graceful_shutdown=5
     )
-    GracefulServer(config, on_exit=app.state.service.begin_shutdown).run()
+    # Ctrl-C: uvicorn re-raises SIGINT after the app has ended its streams; exit without a traceback.
+    with contextlib.suppress(KeyboardInterrupt):
+        GracefulServer(config, on_exit=app.state.service.begin_shutdown).run()
 
 
 def check_gpu_before_loading(settings: Settings, probe=None) -> None:

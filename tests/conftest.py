@@ -25,28 +25,67 @@ def demo_checkpoint() -> Path:
 
 
 @pytest.fixture(scope="session")
-def demo_model_and_processor(demo_checkpoint):
-    from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
-
-    processor = AutoProcessor.from_pretrained(demo_checkpoint)
-    model = Qwen3VLForConditionalGeneration.from_pretrained(demo_checkpoint).eval()
-    return model, processor
+def demo_model_and_processor(engine):
+    """The real transformers model and processor of the demo checkpoint (the shared engine's: one load)."""
+    return engine.model, engine.processor
 
 
 @pytest.fixture(scope="session")
-def engine(demo_checkpoint, tmp_path_factory):
-    """The demo model behind the real Engine, allowed to read files from a temp media folder."""
+def media_dir(tmp_path_factory) -> Path:
+    """The folder the shared engine and the shared server may read local media from."""
+    return tmp_path_factory.mktemp("media")
+
+
+@pytest.fixture(scope="session")
+def engine(demo_checkpoint, media_dir):
+    """The demo model behind the real Engine, allowed to read files from ``media_dir``."""
     from helpers.config import Settings
     from helpers.engine import Engine
 
-    media = tmp_path_factory.mktemp("media")
-    settings = Settings.from_env({}, model="demo", allowed_local_media_path=[media], ui=False)
+    settings = Settings.from_env({}, model="demo", allowed_local_media_path=[media_dir], ui=False)
     return Engine.load(settings, verbose=False)
 
 
 @pytest.fixture(scope="session")
-def media_dir(engine) -> Path:
-    return engine.settings.allowed_local_media_path[0]
+def grammars(engine):
+    """The demo vocabulary's grammar compiler and cache (the engine's own: built once per run)."""
+    return engine.grammars
+
+
+# The key of the shared server (``live_server``); requests without it get 401 on /v1.
+API_KEY = "test-key-123"
+
+
+@pytest.fixture(scope="session")
+def live_server(media_dir, tmp_path_factory):
+    """One real uvicorn server for the whole run: demo model, ``API_KEY``, local media from ``media_dir``.
+
+    Modules that only need *a* server share it; a test that must change a
+    server's flags or stop it (queue limits, signals) starts its own.
+    """
+    from helpers import launcher
+
+    server = launcher.start_server(
+        model="demo",
+        port=launcher.free_port(),
+        extra_args=["--api-key", API_KEY, "--allowed-local-media-path", str(media_dir)],
+        run_dir=tmp_path_factory.mktemp("run"),
+        timeout=180,
+    )
+    yield server
+    launcher.stop_server(server)
+
+
+@pytest.fixture(scope="session")
+def live_http(live_server):
+    """A requests session for ``live_server``: carries the key; ``.base`` is the server's URL."""
+    import requests
+
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {API_KEY}"
+    session.base = live_server.base_url
+    yield session
+    session.close()
 
 
 def generate_ids(
@@ -57,7 +96,7 @@ def generate_ids(
 
     model, processor = demo_model_and_processor
     text = processor.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True)
-    inputs = processor(text=[text], return_tensors="pt")
+    inputs = processor(text=[text], return_tensors="pt").to(model.device)
     if seed is None:
         sampling = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
     else:

@@ -97,11 +97,12 @@ def test_ocr_line_slots_do_not_overlap() -> None:
     assert all(0 <= x1 < x2 <= OCR_SIZE[0] and 0 <= y1 < y2 <= OCR_SIZE[1] for x1, y1, x2, y2 in boxes)
 
 
-@pytest.mark.skipif(
-    (font := find_cjk_font()) is None or font.name != "NotoSansSC-Regular.otf",
-    reason="the committed PNG was drawn with Noto Sans SC; that font is not on this machine",
-)
 def test_ocr_sample_rebuilds_identically_with_its_font(ocr_pixels: np.ndarray) -> None:
+    # The committed PNG was drawn with Noto Sans SC, pinned in requirements-dev.txt (pylopdf-fonts-zh-cn).
+    font = find_cjk_font()
+    assert font is not None and font.name == "NotoSansSC-Regular.otf", (
+        f"found {font}: run `make setup-dev` (pip install -r requirements-dev.txt) for Noto Sans SC"
+    )
     assert np.array_equal(np.asarray(render_ocr_sample()), ocr_pixels)
 
 

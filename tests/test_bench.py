@@ -11,8 +11,12 @@ import json
 import re
 
 import pytest
+from conftest import API_KEY
 
 from helpers import bench
+from helpers.assets import CAT_PHOTO_PATH
+
+GIB = 1024**3
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 NUMBER = (int, float)
@@ -77,6 +81,7 @@ SCHEMA = {
             "peak_vram_bytes": (int, type(None)),
             "vram_estimate_bytes": (int, type(None)),
             "vram_ratio": OPTIONAL_NUMBER,
+            "vram_skipped": (str, type(None)),
         }
         for kind in ("image", "video")
     },
@@ -168,27 +173,20 @@ def test_measure_latency_runs_warmup_unmeasured_then_repeats():
     assert all(isinstance(s, float) and s >= 0 for s in samples)
 
 
-@pytest.mark.parametrize(
-    ("name", "bandwidth"),
-    [
-        ("NVIDIA GeForce RTX 4090", 1008.0),
-        ("NVIDIA H100 PCIe", 2000.0),
-        ("NVIDIA H100 80GB HBM3", 3350.0),
-        ("NVIDIA H200", 4800.0),
-        ("NVIDIA A100-SXM4-80GB", 2039.0),
-        ("NVIDIA L40S", 864.0),
-        ("NVIDIA A100-SXM4-40GB", None),  # not in the table: unknown, not a guess
-        ("Tesla T4", None),
-        (None, None),
-    ],
-)
-def test_gpu_bandwidth_table(name, bandwidth):
-    assert bench.gpu_bandwidth_gb_s(name) == bandwidth
+def test_a_gpu_name_must_hold_every_part_of_a_row_and_unknown_cards_get_no_guess():
+    # The rule, not the table's figures: two H100 variants told apart by a second part of the name.
+    assert bench.gpu_bandwidth_gb_s("NVIDIA H100 PCIe") != bench.gpu_bandwidth_gb_s("NVIDIA H100 80GB HBM3")
+    assert bench.gpu_bandwidth_gb_s("NVIDIA A100-SXM4-40GB") is None  # only the 80 GB A100 is listed
+    assert bench.gpu_bandwidth_gb_s("Tesla T4") is None and bench.gpu_bandwidth_gb_s(None) is None
 
 
-def test_gpu_figures_are_null_on_a_cpu(engine):
-    facts = bench.gpu_decode(engine)
-    assert set(facts) == set(SCHEMA["gpu"]) and all(v is None for v in facts.values())
+def test_gpu_figures_are_null_on_a_cpu_and_measured_on_a_gpu(engine):
+    facts = bench.gpu_decode(engine, tokens=8)
+    assert set(facts) == set(SCHEMA["gpu"])
+    if engine.device.startswith("cuda"):
+        assert facts["name"] and facts["peak_vram_bytes"] > 0 and 0 < facts["decode_tokens"] <= 8
+    else:
+        assert all(v is None for v in facts.values())
 
 
 def test_bandwidth_counts_the_language_model_not_the_vision_tower(engine):
@@ -204,7 +202,7 @@ def test_image_request_carries_the_cat_as_a_jpeg_data_uri():
     (message,) = bench.image_messages()
     url = message["content"][0]["image_url"]["url"]
     assert url.startswith("data:image/jpeg;base64,")
-    assert base64.b64decode(url.split(",", 1)[1]) == bench.CAT_PHOTO_PATH.read_bytes()
+    assert base64.b64decode(url.split(",", 1)[1]) == CAT_PHOTO_PATH.read_bytes()
 
 
 def test_video_decode_speed_reads_every_frame_of_the_clip_at_8_fps():
@@ -220,43 +218,107 @@ def test_every_json_key_is_documented_in_the_module_docstring():
     assert all_keys(SCHEMA) <= documented, all_keys(SCHEMA) - documented
 
 
+# ------------------------------------------------- the GPU memory step, simulated
+def short_context_gpu_engine(engine):
+    """The shared engine as the bench holds it on a GPU: a short context, a CUDA device (claimed)."""
+    import dataclasses
+
+    return dataclasses.replace(engine.with_settings(max_model_len=64), device="cuda:0")
+
+
+def test_the_gpu_memory_step_runs_each_largest_request_with_the_context_it_needs(engine):
+    measured = []
+
+    def vram_growth(measured_engine, generate):
+        generate()  # the real request: context_length_exceeded here was issue 16
+        measured.append(measured_engine.device)
+        return 123 * 1024**2
+
+    memory = bench.media_memory(
+        short_context_gpu_engine(engine), 64 * 64, vram_growth=vram_growth, probe=lambda: (70 * GIB, 80 * GIB)
+    )
+    assert measured == ["cuda:0", "cuda:0"]
+    for entry in memory.values():
+        assert entry["prompt_tokens"] > 64  # longer than the bench engine's context
+        assert entry["vram_skipped"] is None and entry["peak_vram_bytes"] == 123 * 1024**2
+        assert entry["vram_ratio"] == entry["peak_vram_bytes"] / entry["vram_estimate_bytes"]
+
+
+def test_the_gpu_memory_step_records_why_it_skipped_a_request_that_cannot_fit(engine):
+    def vram_growth(measured_engine, generate):
+        raise AssertionError("nothing may run without the memory for it")
+
+    memory = bench.media_memory(
+        short_context_gpu_engine(engine), 64 * 64, vram_growth=vram_growth, probe=lambda: (GIB // 2, 80 * GIB)
+    )
+    for entry in memory.values():
+        assert entry["peak_vram_bytes"] is None and entry["vram_estimate_bytes"] > GIB // 2
+        assert "free" in entry["vram_skipped"]
+
+
 # ------------------------------------------------------------------ end to end
 @pytest.fixture(scope="module")
-def bench_run(tmp_path_factory):
+def bench_run(live_server, tmp_path_factory):
+    """The whole bench (`make bench`) on the demo model, measuring the shared server (--base-url)."""
     out = tmp_path_factory.mktemp("results")
-    code = bench.main(
-        [
-            "--model",
-            "demo",
-            "--repeats",
-            "1",
-            "--max-tokens",
-            "8",
-            "--health-requests",
-            "5",
-            "--long-tokens",
-            "256",
-            "--out",
-            str(out),
-            "--media-pixels",
-            "200000",
-        ]
-    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("QWEN3VL_API_KEY", API_KEY)  # the server's key, as a learner would export it
+        code = bench.main(
+            [
+                *("--model", "demo", "--repeats", "1", "--max-tokens", "8", "--health-requests", "5"),
+                *("--long-tokens", "256", "--out", str(out), "--media-pixels", "200000"),
+                *("--base-url", live_server.base_url),
+            ]
+        )
     assert code == 0
     return out
+
+
+def test_without_base_url_the_bench_starts_its_own_server_with_the_bench_context(monkeypatch, tmp_path):
+    from helpers import launcher
+
+    started = []
+
+    def start_server(**kwargs):
+        started.append(kwargs)
+        raise RuntimeError("stand-in: stop before measuring")
+
+    monkeypatch.setattr(launcher, "start_server", start_server)
+    monkeypatch.delenv("QWEN3VL_BASE_URL", raising=False)
+    with pytest.raises(RuntimeError, match="stand-in"):
+        bench.main(["--model", "demo", "--out", str(tmp_path)])
+    (call,) = started
+    args = call["extra_args"]
+    assert args[args.index("--max-model-len") + 1] == str(bench.BENCH_MAX_MODEL_LEN)
+    assert int(args[args.index("--max-queue") + 1]) >= 2 * max(bench.CONCURRENCY)
+
+
+def test_compare_base_url_drives_the_same_load_on_two_running_servers(live_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("QWEN3VL_API_KEY", API_KEY)
+    url = live_server.base_url
+    args = ["--base-url", url, "--compare-base-url", url + "/v1", "--concurrency", "1", "--max-tokens", "2"]
+    assert bench.main([*args, "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "compare.json").read_text(encoding="utf-8"))
+    assert results["targets"] == ["ours", "other"] and results["startup_s"] == {}  # nothing started
+    (level,) = results["levels"]
+    assert level["concurrency"] == 1 and level["ours"]["requests"] == level["other"]["requests"] == 8
+    assert (tmp_path / "compare.png").read_bytes()[:8] == PNG_SIGNATURE
 
 
 def test_bench_writes_every_documented_key_with_its_type(bench_run):
     results = json.loads((bench_run / "bench.json").read_text(encoding="utf-8"))
     check_schema(results, SCHEMA)
-    assert results["model"] == "demo" and results["demo"] is True and results["device"] == "cpu"
+    assert results["model"] == "demo" and results["demo"] is True
     assert results["latency"]["pairs"] == 3 * results["repeats"]
     assert len(results["latency"]["http_samples_s"]) == results["latency"]["pairs"]
     assert results["latency"]["completion_tokens"] == 8
-    assert all(v is None for v in results["gpu"].values())
+    on_gpu = results["device"].startswith("cuda")  # "cpu" on this machine: every GPU figure is null
+    measured = {k: v for k, v in results["gpu"].items() if not k.startswith("bandwidth")}  # known cards only
+    assert all((v is None) == (not on_gpu) for v in measured.values())
     memory = results["media_memory"]
     assert memory["image"]["pictures"] == 4 and memory["video"]["pictures"] == 64
-    assert all(m["peak_vram_bytes"] is None for m in memory.values())  # no GPU here
+    assert all((m["vram_estimate_bytes"] is None) == (not on_gpu) for m in memory.values())
+    assert all(m["peak_vram_bytes"] is not None or m["vram_skipped"] for m in memory.values() if on_gpu)
     assert all(m["peak_rss_bytes"] is None or m["peak_rss_bytes"] > 0 for m in memory.values())
 
 

@@ -6,9 +6,9 @@ import base64
 import io
 
 import pytest
+from conftest import API_KEY
 from PIL import Image
 
-from helpers import launcher
 from helpers.assets import CAT_PHOTO_PATH, IMAGES_DIR
 from helpers.chat_ui import (
     ChatSession,
@@ -83,18 +83,9 @@ def test_file_upload_values_of_ipywidgets_7_and_8_are_read():
 
 
 # ------------------------------------------------------------ against a server
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    running = launcher.start_server(
-        model="demo", port=launcher.free_port(), run_dir=tmp_path_factory.mktemp("run"), timeout=120
-    )
-    yield running
-    launcher.stop_server(running)
-
-
 @pytest.fixture
-def session(server):
-    return ChatSession(server.base_url, max_tokens=12, temperature=0)
+def session(live_server):
+    return ChatSession(live_server.base_url, api_key=API_KEY, max_tokens=12, temperature=0)
 
 
 def test_session_names_the_served_model_and_knows_it_is_the_demo(session):
@@ -130,8 +121,8 @@ def test_a_failed_turn_leaves_the_history_unchanged(session):
     assert session.history == before
 
 
-def test_reset_forgets_everything_but_the_system_prompt(server):
-    session = ChatSession(server.base_url, max_tokens=4, system="You are concise.")
+def test_reset_forgets_everything_but_the_system_prompt(live_server):
+    session = ChatSession(live_server.base_url, api_key=API_KEY, max_tokens=4, system="You are concise.")
     session.send("hi")
     assert len(session.history) == 3
     session.reset()

@@ -110,5 +110,27 @@ def test_unknown_or_quantised_ids_have_no_shape(model_id):  # FP8 ids: tests/tes
     assert costs.shape_for_model(model_id) is None
 
 
-def test_the_4b_row_is_the_published_4b_shape():
-    assert costs.MODEL_SHAPES["4B"] is costs.QWEN3_VL_4B
+def test_one_estimate_serves_the_start_check_and_the_environment_table(tmp_path):
+    """One shape rule for both requests; only the tokens differ (longest request vs largest media)."""
+    settings = costs_settings(tmp_path, model="Qwen/Qwen3-VL-8B-Instruct")
+    start = costs.vram_estimate(settings, "max_model_len")
+    table = costs.vram_estimate(settings, "largest_media")
+    assert start.shape == table.shape and start.source == table.source == "published"
+    assert (start.tokens, table.tokens) == (settings.max_model_len, costs.max_request_tokens(settings))
+    probe_says = costs.gpu_memory_status(settings, probe=lambda: (80 * costs.GIB, 80 * costs.GIB))
+    assert probe_says.needed == start.memory.total
+    assert (
+        costs.vram_estimate(costs_settings(tmp_path, model="someone/else"), "largest_media").source
+        == "assumed"
+    )
+    with pytest.raises(ValueError, match="max_model_len"):
+        costs.vram_estimate(settings, "the biggest one")
+
+
+def test_a_downloaded_model_is_measured_from_its_own_files(demo_checkpoint):
+    estimate = costs.vram_estimate(Settings.from_env({}, model=str(demo_checkpoint)), "max_model_len")
+    assert estimate.source == "downloaded" and estimate.shape.num_parameters < 20_000_000
+
+
+def costs_settings(tmp_path, model: str) -> Settings:
+    return Settings.from_env({}, model=model, model_root=tmp_path)

@@ -248,7 +248,11 @@ def test_complete_copy_is_not_downloaded_again(tmp_path, plenty_of_disk):
     assert hub.calls == []
 
 
-@pytest.mark.parametrize("damage, kind, file, fragment", DAMAGES.values(), ids=DAMAGES.keys())
+# Each damage's message is pinned by verification above; here two kinds show the report reaches the caller.
+REPORTED = {name: DAMAGES[name] for name in ("missing shard", "garbage header")}
+
+
+@pytest.mark.parametrize("damage, kind, file, fragment", REPORTED.values(), ids=REPORTED.keys())
 def test_incomplete_download_raises_with_the_report(tmp_path, plenty_of_disk, damage, kind, file, fragment):
     with pytest.raises(CheckpointInvalidError) as caught:
         download_model(DEFAULT_MODEL, tmp_path / "m", downloader=StandInHub(damage), log=lambda _: None)

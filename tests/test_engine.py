@@ -14,8 +14,13 @@ HELLO = [{"role": "user", "content": "Hello, who are you?"}]
 
 
 def test_loading_reports_what_it_chose(engine):
+    import torch
+
     info = engine.info()
-    assert info["device"] == "cpu" and info["dtype"] == "float32" and info["attention"] == "sdpa"
+    # auto: the GPU when there is one (bf16/fp16 there), else the CPU in float32
+    assert info["device"].split(":")[0] == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert info["dtype"] == str(choose_dtype("auto", info["device"])).removeprefix("torch.")
+    assert info["attention"] == "sdpa"
     assert info["demo"] is True and 0 < info["weights_gib"] < 0.1
     assert "演示模型" in engine.describe()
 

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+from conftest import write_image
 
 from helpers.config import ConfigError, Settings
 from helpers.costs import NotEnoughGPUMemory, check_gpu_memory, gpu_memory_status
@@ -301,24 +302,39 @@ def test_close_frees_the_model_and_later_calls_say_so(own_engine):
             call()
 
 
-def test_out_of_memory_is_a_413_and_the_next_request_is_served(own_engine, monkeypatch):
-    real_generate = own_engine.model.generate
+def test_out_of_memory_is_a_413_and_the_next_request_is_served(engine, monkeypatch):
+    real_generate = engine.model.generate
 
     def out_of_memory(*args, **kwargs):
-        monkeypatch.setattr(own_engine.model, "generate", real_generate)
+        monkeypatch.setattr(engine.model, "generate", real_generate)
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    monkeypatch.setattr(own_engine.model, "generate", out_of_memory)
+    monkeypatch.setattr(engine.model, "generate", out_of_memory)
     with pytest.raises(RequestError) as info:
-        own_engine.chat(HELLO, max_new_tokens=4)
+        engine.chat(HELLO, max_new_tokens=4)
     assert info.value.status_code == 413 and info.value.code == "out_of_memory"
     assert info.value.__traceback__ is None or info.value.__cause__ is None
-    assert own_engine.chat(HELLO, max_new_tokens=4).usage.completion_tokens == 4
+    assert engine.chat(HELLO, max_new_tokens=4).usage.completion_tokens == 4
 
 
-def test_prepared_inputs_stay_on_the_cpu_until_generation(engine):
-    prepared = engine.prepare(HELLO)
+def test_prepared_inputs_stay_on_the_cpu_until_generation(engine, media_dir, monkeypatch):
+    from transformers import BatchFeature
+
+    moves = []
+    real_to = BatchFeature.to
+
+    def watched_to(self, *args, **kwargs):
+        moves.append((args, kwargs))
+        return real_to(self, *args, **kwargs)
+
+    monkeypatch.setattr(BatchFeature, "to", watched_to)
+    write_image(media_dir / "prepared.png")
+    picture = [{"type": "image", "image": "prepared.png"}, {"type": "text", "text": "?"}]
+    prepared = engine.prepare([{"role": "user", "content": picture}])
+    assert moves == []  # a queued request holds no accelerator memory ...
     assert all(v.device.type == "cpu" for v in prepared.inputs.values() if isinstance(v, torch.Tensor))
+    engine.chat(HELLO, max_new_tokens=1)
+    assert moves == [((engine.model.device,), {})]  # ... its inputs move once generation starts
 
 
 def test_the_bench_checks_that_its_two_copies_fit_and_says_why_it_needs_two():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import assets
+from helpers import fonts
 from helpers.grounding import (
     PALETTE,
     Detection,
@@ -224,7 +224,7 @@ def test_draw_grounding_accepts_other_image_modes() -> None:
 
 
 def test_chinese_labels_without_cjk_font_become_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(assets, "find_cjk_font", lambda: None)
+    monkeypatch.setattr(fonts, "find_cjk_font", lambda: None)
     dets = [Detection("红色圆形", bbox=(250, 250, 750, 750))]
     with pytest.warns(UserWarning, match="CJK"):
         out = draw_grounding(_white(), dets)
@@ -232,7 +232,7 @@ def test_chinese_labels_without_cjk_font_become_numbers(monkeypatch: pytest.Monk
     assert out.tobytes() == numbered.tobytes()
 
 
-@pytest.mark.skipif(assets.find_cjk_font() is None, reason="no CJK font on this machine")
+@pytest.mark.skipif(fonts.find_cjk_font() is None, reason="no CJK font on this machine")
 def test_chinese_labels_with_cjk_font_are_drawn_without_warning() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")

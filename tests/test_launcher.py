@@ -22,16 +22,19 @@ def test_a_server_that_dies_at_start_raises_with_its_log_tail(tmp_path):
     assert launcher.port_is_free("127.0.0.1", port)
 
 
-def test_a_port_held_by_another_program_is_refused_clearly(tmp_path):
+def test_a_port_held_by_another_program_is_refused_clearly_without_waiting(tmp_path, monkeypatch):
+    waits = []
+    monkeypatch.setattr(launcher, "_wait_port_free", lambda *args: waits.append(args))
     with socket.socket() as other:
         other.bind(("127.0.0.1", 0))
         other.listen()
         port = other.getsockname()[1]
         with pytest.raises(RuntimeError, match=f"port {port} is already used by another program"):
             launcher.start_server(model="demo", port=port, run_dir=tmp_path)
+    assert waits == []  # nothing of ours was stopped there: nothing to wait for
 
 
-def test_restart_cleans_up_a_server_left_by_an_earlier_kernel_then_stop_frees_the_port(tmp_path):
+def test_restart_stops_and_reaps_a_server_left_by_an_earlier_kernel_then_stop_frees_the_port(tmp_path):
     port = launcher.free_port()
     first = launcher.start_server(model="demo", port=port, run_dir=tmp_path, timeout=120)
     assert launcher.health(first.base_url)[0] == 200
@@ -39,7 +42,9 @@ def test_restart_cleans_up_a_server_left_by_an_earlier_kernel_then_stop_frees_th
     second = launcher.start_server(model="demo", port=port, run_dir=tmp_path, timeout=120)
     try:
         assert second.pid != first.pid
-        first.process.wait(timeout=30)  # the leftover was stopped (TERM) and has exited
+        # The leftover was stopped (TERM) through its pid file and, being our own child, reaped:
+        # a zombie that still looks alive once cost a 20 s wait.
+        assert not launcher._alive(first.pid)
         status, body = launcher.health(second.base_url)
         assert status == 200 and body["status"] == "ok"
         assert (tmp_path / f"server-{port}.pid").read_text().strip() == str(second.pid)
@@ -59,12 +64,3 @@ def test_choose_port_prefers_the_given_port_and_falls_back_when_busy(tmp_path):
         other.listen()
         chosen = launcher.choose_port(port, run_dir=tmp_path)
     assert chosen != port and launcher.port_is_free("127.0.0.1", chosen)
-
-
-def test_stopping_our_own_server_by_port_reaps_it(tmp_path):
-    port = launcher.free_port()
-    server = launcher.start_server(model="demo", port=port, run_dir=tmp_path, timeout=120)
-    assert launcher.stop_leftover(port, tmp_path)
-    # Our own child must not linger as a zombie that still looks alive (that cost a 20 s wait).
-    assert not launcher._alive(server.pid)
-    assert launcher.port_is_free("127.0.0.1", port)

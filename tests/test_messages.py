@@ -11,11 +11,13 @@ from helpers.errors import RequestError
 from helpers.messages import normalize_messages, pixel_budget
 
 
-@pytest.fixture
-def settings(tmp_path):
-    write_image(tmp_path / "photo.png", size=(640, 480))
-    write_clip(tmp_path / "clip.mp4", seconds=2.0, fps=8)
-    return Settings.from_env({}, model="demo", allowed_local_media_path=[tmp_path])
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory):
+    """Settings that may read one photo and one clip (encoded once for the module: no test writes there)."""
+    root = tmp_path_factory.mktemp("messages")
+    write_image(root / "photo.png", size=(640, 480))
+    write_clip(root / "clip.mp4", seconds=2.0, fps=8)
+    return Settings.from_env({}, model="demo", allowed_local_media_path=[root])
 
 
 def user(*parts):
@@ -128,8 +130,8 @@ def test_bad_messages_name_the_offending_field(settings, messages, param, match)
     assert 400 <= info.value.status_code < 500
 
 
-def test_extreme_aspect_ratio_is_refused(settings, tmp_path):
-    write_image(tmp_path / "strip.png", size=(5000, 10))
+def test_extreme_aspect_ratio_is_refused(settings):
+    write_image(settings.allowed_local_media_path[0] / "strip.png", size=(5000, 10))
     with pytest.raises(RequestError, match="aspect ratio"):
         normalize_messages(user({"type": "image", "image": "strip.png"}), settings)
 
@@ -251,8 +253,9 @@ def test_resized_width_and_height_set_the_size_within_the_budget(settings):
         ((6000, 40), {"max_pixels": 4096}, "at least 32 px"),
     ],
 )
-def test_picture_shapes_the_processor_cannot_take_are_400(settings, tmp_path, size, extra, match):
-    write_image(tmp_path / "odd.png", size=size)
+def test_picture_shapes_the_processor_cannot_take_are_400(settings, size, extra, match):
+    name = f"odd-{size[0]}x{size[1]}.png"
+    write_image(settings.allowed_local_media_path[0] / name, size=size)
     with pytest.raises(RequestError, match=match) as info:
-        normalize_messages(user({"type": "image", "image": "odd.png", **extra}), settings)
+        normalize_messages(user({"type": "image", "image": name, **extra}), settings)
     assert info.value.status_code == 400

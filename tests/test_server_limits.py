@@ -16,8 +16,6 @@ import torch
 from fastapi.testclient import TestClient
 
 from helpers import launcher
-from helpers.config import Settings
-from helpers.engine import Engine
 from helpers.server import create_app
 
 TEXT = [{"role": "user", "content": "Hello, who are you?"}]
@@ -51,10 +49,6 @@ def post_raw(client, text: str):
     return client.post("/v1/chat/completions", content=text, headers={"Content-Type": "application/json"})
 
 
-def still_serving(client):
-    assert client.post("/v1/chat/completions", json=chat_body(max_tokens=2)).status_code == 200
-
-
 # --------------------------------------------------------------- chat markup
 @pytest.mark.parametrize("role", ["system", "user", "assistant"])
 def test_chat_markup_in_any_role_is_text_and_answers_200(client, engine, role):
@@ -75,7 +69,6 @@ def test_a_40k_token_prompt_on_a_32k_context_is_400_with_the_numbers(client):
     body = chat_body(messages=[{"role": "user", "content": "word " * 40_000}])
     error = assert_error(client.post("/v1/chat/completions", json=body), 400, "maximum context length")
     assert error["code"] == "context_length_exceeded" and "32768" in error["message"]
-    still_serving(client)
 
 
 def test_max_tokens_beyond_the_room_left_is_400(engine):
@@ -90,11 +83,13 @@ def test_max_tokens_beyond_the_room_left_is_400(engine):
         assert health["max_model_len"] == 60
 
 
-def test_30_mib_of_text_is_refused_without_tokenizing(client):
+def test_30_mib_of_text_is_refused_without_tokenizing(client, engine, monkeypatch):
+    calls = []
+    monkeypatch.setattr(type(engine.processor.tokenizer), "__call__", lambda *a, **k: calls.append(1))
     text = json.dumps(chat_body(messages=[{"role": "user", "content": "a" * (30 * 1024 * 1024)}]))
     error = assert_error(post_raw(client, text), 400, "characters")
     assert error["code"] == "context_length_exceeded"
-    still_serving(client)
+    assert calls == []  # refused from its length alone
 
 
 # ------------------------------------------------------------------- numbers
@@ -125,7 +120,6 @@ def test_non_finite_and_out_of_range_numbers_are_400_naming_the_field(client, fi
         text = '{"messages": [{"role": "user", "content": "hi"}], ' + field + "}"
     error = assert_error(post_raw(client, text), 400)
     assert error["param"] == param or param in error["message"], error
-    still_serving(client)
 
 
 def test_tiny_temperature_is_greedy(client):
@@ -147,7 +141,6 @@ def test_lone_surrogates_are_400(client, content):
     text = '{"messages": [{"role": "user", "content": ' + content + '}], "max_tokens": 2}'
     error = assert_error(post_raw(client, text), 400, "surrogate")
     assert error["param"].startswith("messages[0]")
-    still_serving(client)
 
 
 # -------------------------------------------------- nothing silently ignored
@@ -157,6 +150,7 @@ REFUSED = [
         "tool_choice",
     ),  # without tools (tools themselves: tests/test_structured_server.py)
     ({"functions": [{"name": "f", "parameters": {}}]}, "functions"),
+    ({"function_call": "auto"}, "function_call"),
     ({"response_format": {"type": "yaml"}}, "response_format.type"),
     ({"logprobs": True}, "logprobs"),
     ({"top_logprobs": 3}, "top_logprobs"),
@@ -174,7 +168,6 @@ REFUSED = [
 def test_unimplemented_fields_are_refused_by_name(client, extra, param):
     error = assert_error(client.post("/v1/chat/completions", json=chat_body(**extra)), 400)
     assert error["param"] == param and param.split("_")[0] in error["message"]
-    still_serving(client)
 
 
 @pytest.mark.parametrize(
@@ -210,8 +203,7 @@ def test_penalties_reach_the_sse_path_and_stream_equals_plain(client):
 
 
 # -------------------------------------------------------------- out of memory
-def test_out_of_memory_answers_413_and_the_next_request_is_served(demo_checkpoint, monkeypatch):
-    engine = Engine.load(Settings.from_env({}, model="demo"), verbose=False)
+def test_out_of_memory_answers_413_and_the_next_request_is_served(engine, monkeypatch):
     real_generate = engine.model.generate
 
     def out_of_memory(*args, **kwargs):
@@ -223,7 +215,67 @@ def test_out_of_memory_answers_413_and_the_next_request_is_served(demo_checkpoin
         error = assert_error(c.post("/v1/chat/completions", json=chat_body()), 413, "out of memory")
         assert error["code"] == "out_of_memory"
         assert c.post("/v1/chat/completions", json=chat_body()).status_code == 200
-    engine.close()
+
+
+# ------------------------------------------------ real uvicorn: hostile bytes
+HOSTILE = [
+    ("markup", json.dumps(chat_body(messages=[{"role": "user", "content": INJECTION}])), 200),
+    ("too long", json.dumps(chat_body(messages=[{"role": "user", "content": "word " * 40_000}])), 400),
+    ("NaN", '{"messages": [{"role": "user", "content": "hi"}], "temperature": NaN}', 400),
+    ("1e400", '{"messages": [{"role": "user", "content": "hi"}], "top_p": 1e400}', 400),
+    ("surrogate", '{"messages": [{"role": "user", "content": "\\ud800"}]}', 400),
+    ("bad tool", json.dumps(chat_body(tools=[{"type": "function", "function": {"name": "f g"}}])), 400),
+    ("unknown", json.dumps(chat_body(frobnicate=True)), 400),
+    (
+        "penalties",
+        json.dumps(chat_body(presence_penalty=1, frequency_penalty=-1, repetition_penalty=1.2)),
+        200,
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "text", "status"), HOSTILE, ids=[h[0] for h in HOSTILE])
+def test_hostile_requests_against_a_real_uvicorn_process(live_http, name, text, status):
+    response = live_http.post(
+        live_http.base + "/v1/chat/completions",
+        data=text.encode(),
+        headers={"Content-Type": "application/json"},
+        timeout=60,
+    )
+    assert response.status_code == status, response.text
+    if status != 200:
+        assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+
+
+MEDIA_NUMBERS = [
+    ('"fps": NaN', "fps"),
+    ('"fps": 1e400', "fps"),
+    ('"max_pixels": -Infinity', "max_pixels"),
+    ('"min_pixels": 1e-300', "min_pixels"),
+    ('"video_start": NaN', "video_start"),
+    ('"nframes": 1e400', "nframes"),
+    ('"frobnicate": 1', "frobnicate"),
+]
+
+
+@pytest.mark.parametrize(("field", "key"), MEDIA_NUMBERS)
+def test_bad_numbers_in_video_parts_are_400_naming_the_field_over_http(live_http, field, key):
+    part = '{"type": "video", "video": "v.mp4", ' + field + "}"
+    text = '{"messages": [{"role": "user", "content": [' + part + ']}], "max_tokens": 2}'
+    response = live_http.post(
+        live_http.base + "/v1/chat/completions",
+        data=text,
+        headers={"Content-Type": "application/json"},
+        timeout=60,
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == f"messages[0].content[0].{key}"
+
+
+def test_both_servers_still_serve_after_every_refusal_above(client, live_http):
+    assert client.post("/v1/chat/completions", json=chat_body(max_tokens=2)).status_code == 200
+    reply = live_http.post(live_http.base + "/v1/chat/completions", json=chat_body(max_tokens=2), timeout=60)
+    assert reply.status_code == 200
 
 
 # ------------------------------------------------ real uvicorn: queue, shutdown
@@ -256,11 +308,29 @@ def open_stream(server, max_tokens=2048):
     return response, lines
 
 
-@pytest.fixture
-def server(tmp_path):
-    process = start(tmp_path, "--max-queue", "1")
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A server with room for one waiting request; the SIGTERM test (last in this file) stops it."""
+    process = start(tmp_path_factory.mktemp("queue"), "--max-queue", "1")
     yield process
     launcher.stop_server(process)
+
+
+def test_a_full_queue_answers_429_and_recovers(server):
+    running, _ = open_stream(server)
+    waiting = {}
+
+    def waiting_request():
+        waiting["r"] = requests.post(server.base_url + "/v1/chat/completions", json=chat_body(), timeout=60)
+
+    waiter = threading.Thread(target=waiting_request)
+    waiter.start()
+    wait_for(server, lambda b: b["queue"]["waiting"] == 1)
+    assert_error(requests.post(server.base_url + "/v1/chat/completions", json=chat_body(), timeout=60), 429)
+    running.close()
+    waiter.join(60)
+    assert waiting["r"].status_code == 200  # the waiting request is served once the slot frees
+    wait_for(server, lambda b: b["queue"]["running"] == 0 and b["queue"]["waiting"] == 0)
 
 
 def test_a_queued_client_that_leaves_costs_no_prefill_and_429_has_a_computed_retry_after(server):
@@ -291,7 +361,8 @@ def test_a_queued_client_that_leaves_costs_no_prefill_and_429_has_a_computed_ret
     assert done["cancelled"] == before["cancelled"] + 2  # ... and counts as cancelled, as the stream does
 
 
-def test_sigterm_ends_streams_with_an_error_chunk_and_waiting_requests_with_json_503(server):
+def stop_with(server, sig) -> None:
+    """Send ``sig`` with one stream open and one request waiting; both must end cleanly within 10 s."""
     _, lines = open_stream(server)
     waiting = {}
 
@@ -302,7 +373,7 @@ def test_sigterm_ends_streams_with_an_error_chunk_and_waiting_requests_with_json
     waiter.start()
     wait_for(server, lambda b: b["queue"]["waiting"] == 1)
     began = time.monotonic()
-    server.process.send_signal(signal.SIGTERM)
+    server.process.send_signal(sig)
     events = [line.decode()[6:] for line in lines if line.startswith(b"data: ")]
     waiter.join(30)
     assert server.process.wait(timeout=15) is not None
@@ -316,61 +387,13 @@ def test_sigterm_ends_streams_with_an_error_chunk_and_waiting_requests_with_json
     assert "CancelledError" not in server.log_tail(200)
 
 
-@pytest.fixture(scope="module")
-def live(tmp_path_factory):
-    process = start(tmp_path_factory.mktemp("live"))
-    yield process
-    launcher.stop_server(process)
+def test_sigint_ends_streams_with_an_error_chunk_and_waiting_requests_with_json_503(tmp_path):
+    server = start(tmp_path)  # Ctrl-C in the terminal that runs `make serve`
+    try:
+        stop_with(server, signal.SIGINT)
+    finally:
+        launcher.stop_server(server)
 
 
-HOSTILE = [
-    ("markup", json.dumps(chat_body(messages=[{"role": "user", "content": INJECTION}])), 200),
-    ("too long", json.dumps(chat_body(messages=[{"role": "user", "content": "word " * 40_000}])), 400),
-    ("NaN", '{"messages": [{"role": "user", "content": "hi"}], "temperature": NaN}', 400),
-    ("1e400", '{"messages": [{"role": "user", "content": "hi"}], "top_p": 1e400}', 400),
-    ("surrogate", '{"messages": [{"role": "user", "content": "\\ud800"}]}', 400),
-    ("bad tool", json.dumps(chat_body(tools=[{"type": "function", "function": {"name": "f g"}}])), 400),
-    ("unknown", json.dumps(chat_body(frobnicate=True)), 400),
-    (
-        "penalties",
-        json.dumps(chat_body(presence_penalty=1, frequency_penalty=-1, repetition_penalty=1.2)),
-        200,
-    ),
-]
-
-
-@pytest.mark.parametrize(("name", "text", "status"), HOSTILE, ids=[h[0] for h in HOSTILE])
-def test_hostile_requests_against_a_real_uvicorn_process(live, name, text, status):
-    url = live.base_url + "/v1/chat/completions"
-    response = requests.post(
-        url, data=text.encode(), headers={"Content-Type": "application/json"}, timeout=60
-    )
-    assert response.status_code == status, response.text
-    if status != 200:
-        assert set(response.json()["error"]) == {"message", "type", "param", "code"}
-    assert requests.post(url, json=chat_body(max_tokens=2), timeout=60).status_code == 200
-
-
-MEDIA_NUMBERS = [
-    ('"fps": NaN', "fps"),
-    ('"fps": 1e400', "fps"),
-    ('"max_pixels": -Infinity', "max_pixels"),
-    ('"min_pixels": 1e-300', "min_pixels"),
-    ('"video_start": NaN', "video_start"),
-    ('"nframes": 1e400', "nframes"),
-    ('"frobnicate": 1', "frobnicate"),
-]
-
-
-@pytest.mark.parametrize(("field", "key"), MEDIA_NUMBERS)
-def test_bad_numbers_in_video_parts_are_400_naming_the_field_over_http(live, field, key):
-    part = '{"type": "video", "video": "v.mp4", ' + field + "}"
-    text = '{"messages": [{"role": "user", "content": [' + part + ']}], "max_tokens": 2}'
-    response = requests.post(
-        live.base_url + "/v1/chat/completions",
-        data=text,
-        headers={"Content-Type": "application/json"},
-        timeout=60,
-    )
-    assert response.status_code == 400, response.text
-    assert response.json()["error"]["param"] == f"messages[0].content[0].{key}"
+def test_sigterm_ends_streams_with_an_error_chunk_and_waiting_requests_with_json_503(server):
+    stop_with(server, signal.SIGTERM)  # last: it stops this module's queue server

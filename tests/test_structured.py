@@ -11,7 +11,7 @@ import torch
 from conftest import generate_ids
 
 from helpers.errors import RequestError
-from helpers.structured import Grammars, ResponseFormat, parse_response_format
+from helpers.structured import ResponseFormat, parse_response_format
 
 EOS = (151645, 151643)
 
@@ -90,12 +90,6 @@ def json_schema_format(name: str, schema: dict) -> dict:
     return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
 
 
-@pytest.fixture(scope="module")
-def grammars(demo_model_and_processor) -> Grammars:
-    model, processor = demo_model_and_processor
-    return Grammars.for_model(model, processor.tokenizer)
-
-
 def generate(
     demo_model_and_processor, logits_processor, seed=None, max_new_tokens=320, prompt="Reply in JSON."
 ):
@@ -169,11 +163,7 @@ def test_bad_response_format_is_a_400_naming_the_field(value, param):
     ],
 )
 def test_schema_the_library_cannot_compile_is_a_400_with_its_reason(grammars, schema, words):
-    try:
-        fmt = parse_response_format(json_schema_format("x", schema))
-    except RequestError as exc:  # refused by the JSON Schema check already: also fine
-        assert exc.param == "response_format.json_schema.schema"
-        return
+    fmt = parse_response_format(json_schema_format("x", schema))  # valid JSON Schema: the checker passes it
     with pytest.raises(RequestError) as caught:
         grammars.compile(fmt)
     assert caught.value.status_code == 400
@@ -228,11 +218,8 @@ def test_random_weights_with_the_grammar_write_json_that_validates(
 def test_json_object_mode_always_gives_an_object(demo_model_and_processor, grammars, seed):
     compiled = grammars.compile(parse_response_format({"type": "json_object"}))
     ids = generate(demo_model_and_processor, grammars.logits_processor(compiled), seed, max_new_tokens=64)
-    text = answer(demo_model_and_processor, ids)
-    if ids[-1] in EOS:
-        assert isinstance(json.loads(text), dict)
-    else:  # random weights may wander inside a string; what exists so far is still an object's start
-        assert text.lstrip().startswith("{")
+    assert ids[-1] in EOS  # finished by the grammar, not cut by max_new_tokens
+    assert isinstance(json.loads(answer(demo_model_and_processor, ids)), dict)
 
 
 def test_without_the_grammar_random_weights_do_not_write_json(demo_model_and_processor):

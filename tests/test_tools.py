@@ -12,7 +12,6 @@ from conftest import generate_ids
 
 from helpers.demo_model import CHAT_TEMPLATE
 from helpers.errors import RequestError
-from helpers.structured import Grammars
 from helpers.tools import ToolCallStream, check_tool_calls, parse_tool_calls, parse_tools
 
 REAL_TEMPLATE = (Path(__file__).parent / "data" / "qwen3_vl_chat_template.jinja").read_text(encoding="utf-8")
@@ -304,12 +303,6 @@ def generate_call(demo_model_and_processor, grammars, request, seed, max_new_tok
     return ids, demo_model_and_processor[1].tokenizer.decode(ids, skip_special_tokens=True)
 
 
-@pytest.fixture(scope="module")
-def grammars(demo_model_and_processor) -> Grammars:
-    model, processor = demo_model_and_processor
-    return Grammars.for_model(model, processor.tokenizer)
-
-
 def check_calls(calls, allowed: dict[str, dict]):
     for call in calls:
         assert call.name in allowed
@@ -347,10 +340,19 @@ def test_a_named_function_is_the_one_called(demo_model_and_processor, grammars, 
 
 def test_auto_lets_the_model_answer_in_text_but_any_call_is_valid(demo_model_and_processor, grammars):
     request = parse_tools(TOOLS, "auto")
-    _, text = generate_call(demo_model_and_processor, grammars, request, None, max_new_tokens=48)
+    ids, text = generate_call(demo_model_and_processor, grammars, request, None, max_new_tokens=48)
     content, calls = parse_tool_calls(text)
     check_calls(calls, {"get_weather": WEATHER, "lookup_product": PRODUCT})
-    assert content or calls
+    # Text is the model's own: the same tokens as without any grammar (until a call would begin).
+    free = generate_ids(
+        demo_model_and_processor,
+        [{"role": "user", "content": "What is the weather in Paris?"}],
+        lambda input_ids, scores: scores,
+        None,
+        48,
+        tools=request.template_tools(),
+    )
+    assert "<tool_call>" not in text and content and ids == free
 
 
 # ---------------------------------------------------------------- engine

@@ -172,3 +172,22 @@ def test_the_comparison_table_and_plot_show_both_servers(tmp_path):
     assert "8.0×" in table and "vLLM 4.0×" in table and "ours 1.0×" in table
     path = bench.plot_compare(results, tmp_path / "compare.png")
     assert path.stat().st_size > 10_000
+
+
+def test_print_only_prints_the_command_with_the_pass_through_arguments_and_starts_nothing(
+    tmp_path, capsys, monkeypatch
+):
+    import shlex
+
+    from helpers import vllm_server
+
+    monkeypatch.setattr(vllm_server, "start_vllm", lambda *a, **k: pytest.fail("--print-only started vLLM"))
+    venv = tmp_path / "venv-not-built-yet"
+    code = vllm_server.main(
+        ["--model", "demo", "--port", "7001", "--venv", str(venv), "--print-only", "--", "--seed", "7"]
+    )
+    assert code == 0
+    words = shlex.split(capsys.readouterr().out.strip().splitlines()[-1])
+    assert words[-2:] == ["--seed", "7"]  # after `--`: handed to vLLM unchanged, at the end
+    assert str(venv) in next(w for w in words if w.endswith("python")) and flag(words, "--port") == "7001"
+    assert "vllm.entrypoints.openai.api_server" in words
