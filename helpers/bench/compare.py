@@ -193,27 +193,27 @@ def run_compare(
     started: list[Callable[[], None]] = []
     startup: dict[str, float] = {}  # seconds from start to a 200 from /health, per server started here
     try:
-        if compare_base_url is None and compare == "vllm":
-            from helpers.vllm_server import start_vllm, stop_vllm
-
-            settings = Settings.from_env(model=model, allowed_local_media_path=[IMAGES_DIR])
-            _log(verbose, "启动 vLLM（CPU 上约 2 分钟）...")
-            starting = time.perf_counter()
-            vllm = start_vllm(settings.replace(api_key=None), port=launcher.free_port(), verbose=verbose)
-            startup["vLLM"] = time.perf_counter() - starting
-            started.append(lambda: stop_vllm(vllm))
-            second = Target("vLLM", vllm.base_url)
-        elif compare_base_url is not None:
-            second = Target("other", compare_base_url, api_key())
-        else:
+        if compare_base_url is None and compare != "vllm":
             raise ValueError(f"compare must be 'vllm' or a base URL is needed, got {compare!r}")
+        settings = Settings.from_env(model=model, allowed_local_media_path=[IMAGES_DIR])
+        ours_args = ["--max-queue", str(2 * max(concurrency)), "--log-level", "warning"]
+        vllm_budget: dict[str, Any] = {}
+        if compare_base_url is None and base_url is None:
+            # One card, two servers: vLLM takes utilization x total at start-up, so both get
+            # explicit budgets that fit together (helpers.vllm_server.side_by_side), ours first.
+            from helpers.vllm_server import side_by_side
+
+            shares = side_by_side(settings)
+            ours_args += ["--max-model-len", str(shares["max_model_len"])]
+            settings = settings.replace(max_model_len=shares["max_model_len"])
+            vllm_budget = {"gpu_memory_utilization": shares["gpu_memory_utilization"]}
         if base_url is None:
             _log(verbose, "启动我们的服务 ...")
             starting = time.perf_counter()
             ours_server = launcher.start_server(
                 model=model,
                 port=launcher.free_port(),
-                extra_args=["--max-queue", str(2 * max(concurrency)), "--log-level", "warning"],
+                extra_args=ours_args,
                 env={"QWEN3VL_API_KEY": ""},
                 timeout=600,
             )
@@ -222,6 +222,19 @@ def run_compare(
             ours = Target("ours", ours_server.base_url)
         else:
             ours = Target("ours", base_url, api_key())
+        if compare_base_url is None:
+            from helpers.vllm_server import start_vllm, stop_vllm
+
+            _log(verbose, "启动 vLLM（CPU 上约 2 分钟）...")
+            starting = time.perf_counter()
+            vllm = start_vllm(
+                settings.replace(api_key=None), port=launcher.free_port(), verbose=verbose, **vllm_budget
+            )
+            startup["vLLM"] = time.perf_counter() - starting
+            started.append(lambda: stop_vllm(vllm))
+            second = Target("vLLM", vllm.base_url)
+        else:
+            second = Target("other", compare_base_url, api_key())
         _log(verbose, f"同样的负载，并发 {', '.join(map(str, concurrency))} ...")
         results = compare_load(
             [ours, second], concurrency=concurrency, max_tokens=max_tokens, verbose=verbose
