@@ -318,23 +318,32 @@ def test_out_of_memory_is_a_413_and_the_next_request_is_served(engine, monkeypat
 
 
 def test_prepared_inputs_stay_on_the_cpu_until_generation(engine, media_dir, monkeypatch):
+    """prepare() moves nothing; generation takes its own copy, so the prepared request keeps none."""
     from transformers import BatchFeature
 
-    moves = []
-    real_to = BatchFeature.to
+    from helpers import engine as engine_module
+
+    in_place, copies = [], []
+    real_to, real_copy = BatchFeature.to, engine_module.gpu_copy
 
     def watched_to(self, *args, **kwargs):
-        moves.append((args, kwargs))
+        in_place.append((args, kwargs))
         return real_to(self, *args, **kwargs)
 
+    def watched_copy(inputs, device):
+        copies.append(device)
+        return real_copy(inputs, device)
+
     monkeypatch.setattr(BatchFeature, "to", watched_to)
+    monkeypatch.setattr(engine_module, "gpu_copy", watched_copy)
     write_image(media_dir / "prepared.png")
     picture = [{"type": "image", "image": "prepared.png"}, {"type": "text", "text": "?"}]
     prepared = engine.prepare([{"role": "user", "content": picture}])
-    assert moves == []  # a queued request holds no accelerator memory ...
-    assert all(v.device.type == "cpu" for v in prepared.inputs.values() if isinstance(v, torch.Tensor))
+    assert copies == [] and in_place == []  # a queued request holds no accelerator memory ...
     engine.chat(HELLO, max_new_tokens=1)
-    assert moves == [((engine.model.device,), {})]  # ... its inputs move once generation starts
+    assert copies == [engine.model.device]  # ... its inputs are copied once generation starts
+    assert in_place == []  # BatchFeature.to() moves in place: the prepared request would keep the copy
+    assert all(v.device.type == "cpu" for v in prepared.inputs.values() if isinstance(v, torch.Tensor))
 
 
 def test_the_bench_checks_that_its_two_copies_fit_and_says_why_it_needs_two():
