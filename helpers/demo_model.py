@@ -256,6 +256,21 @@ def tokenizer_files_dir() -> Path:
     return folder
 
 
+def _demo_vision_config(out_hidden_size: int) -> dict:
+    """The tiny vision tower both demo families share (patch 16, merge 2, temporal patch 2, as the 4B)."""
+    return {
+        "depth": 2,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_heads": 2,
+        "patch_size": 16,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "out_hidden_size": out_hidden_size,
+        "num_position_embeddings": 256,
+    }
+
+
 def demo_config():
     """The tiny Qwen3-VL configuration (same classes and token ids as the 4B model)."""
     from transformers import Qwen3VLConfig
@@ -283,18 +298,7 @@ def demo_config():
         "eos_token_id": 151645,
         "pad_token_id": 151643,
     }
-    vision_config = {
-        "depth": 2,
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_heads": 2,
-        "patch_size": 16,
-        "spatial_merge_size": 2,
-        "temporal_patch_size": 2,
-        "out_hidden_size": text_config["hidden_size"],
-        "num_position_embeddings": 256,
-        "deepstack_visual_indexes": [0, 1],
-    }
+    vision_config = {**_demo_vision_config(text_config["hidden_size"]), "deepstack_visual_indexes": [0, 1]}
     return Qwen3VLConfig(
         text_config=text_config,
         vision_config=vision_config,
@@ -342,17 +346,7 @@ def demo_qwen3_5_config():
         "eos_token_id": 151645,
         "pad_token_id": 151643,
     }
-    vision_config = {
-        "depth": 2,
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_heads": 2,
-        "patch_size": 16,
-        "spatial_merge_size": 2,
-        "temporal_patch_size": 2,
-        "out_hidden_size": text_config["hidden_size"],
-        "num_position_embeddings": 256,
-    }
+    vision_config = _demo_vision_config(text_config["hidden_size"])
     return Qwen3_5Config(
         text_config=text_config,
         vision_config=vision_config,
