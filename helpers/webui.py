@@ -630,6 +630,16 @@ def build_page(config: PageConfig) -> gr.Blocks:
         session.stop()
         return session.display(), stop_button(False)
 
+    async def after_stop(session: ChatSession | None):
+        """The chat again after 停止 or 清空对话: the cancelled loop's last update may still be coming.
+
+        The stop click answers at once (outside the queue), so an update the loop yielded
+        just before could arrive after it and show the old state; this queued step comes last.
+        """
+        chat = session.display() if session is not None else []
+        line, banner = await refresh_status()
+        return chat, stop_button(bool(session and session.busy)), line, banner
+
     def clear(session: ChatSession | None):
         if session is not None:
             session.close()
@@ -709,8 +719,11 @@ def build_page(config: PageConfig) -> gr.Blocks:
         )
         answering.then(after_answer, session, [stop, status, banner], **quiet)
         stopping = stop.click(stop_answers, session, [chatbot, stop], cancels=[answering], queue=False)
-        stopping.then(refresh_status, None, [status, banner], **quiet)
-        reset.click(clear, session, [chatbot, session, overlay, stop], cancels=[answering], queue=False)
+        stopping.then(after_stop, session, [chatbot, stop, status, banner], show_progress="hidden")
+        clearing = reset.click(
+            clear, session, [chatbot, session, overlay, stop], cancels=[answering], queue=False
+        )
+        clearing.then(after_stop, session, [chatbot, stop, status, banner], show_progress="hidden")
         grounding.click(ask_grounding, question, question, queue=False)
     return page
 
