@@ -200,3 +200,12 @@ def media_server():
     server = MediaServer()
     yield server
     server.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """A headless Chromium for one test module's pages (tests/chromium.py)."""
+    from chromium import launch
+
+    with launch() as chromium:
+        yield chromium

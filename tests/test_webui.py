@@ -7,7 +7,6 @@ setup-dev`` installs both). Every request the page makes to anything but
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
@@ -18,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from chromium import new_tab
 from PIL import Image
 
 from helpers import launcher
@@ -26,26 +26,10 @@ from helpers.config import Settings
 from helpers.launcher import REPO_ROOT
 from helpers.webui import Limits, UiError, check_media, error_message, grounding_overlay, own_url
 
-CHROMIUM = Path(os.environ.get("QWEN3VL_CHROMIUM", "/usr/bin/chromium"))
-# No sandbox: tests run as root. The rest keeps Chromium from calling home.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-default-apps",
-    "--disable-domain-reliability",
-    "--disable-extensions",
-    "--disable-sync",
-    "--metrics-recording-only",
-    "--no-first-run",
-    "--no-pings",
-    "--disable-features=Translate,OptimizationHints,MediaRouter,AutofillServerCommunication",
-]
 API_KEY = "webui-test-key"
 MAX_MEDIA_BYTES = 1_000_000
 MAX_IMAGE_PIXELS = 4_000_000
 SCREENSHOTS = REPO_ROOT / "results" / "webui"  # git-ignored; look at them after a change to the page
-TIMEOUT_MS = 120_000  # a busy 2-core CI machine; nothing waits this long when things work
 
 
 # ------------------------------------------------------------------ no browser
@@ -154,40 +138,6 @@ def server(tmp_path_factory) -> Iterator[launcher.ServerProcess]:
     server = _start(tmp_path_factory, "--api-key", API_KEY)
     yield server
     launcher.stop_server(server)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: run `make setup-dev` (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
-@contextlib.contextmanager
-def new_tab(browser, width: int = 1280, height: int = 800, **options):
-    """A fresh browser tab that may only talk to 127.0.0.1; the test fails if it tried anything else."""
-    context = browser.new_context(viewport={"width": width, "height": height}, locale="zh-CN", **options)
-    context.set_default_timeout(TIMEOUT_MS)
-    outside: list[str] = []
-
-    def local_only(route) -> None:
-        url = route.request.url
-        if url.startswith(("http://127.0.0.1", "data:", "blob:")):
-            route.continue_()
-        else:
-            outside.append(url)
-            route.abort()
-
-    context.route("**/*", local_only)
-    tab = context.new_page()
-    yield tab
-    context.close()
-    assert outside == [], f"the page tried to reach outside hosts: {outside}"
 
 
 @pytest.fixture

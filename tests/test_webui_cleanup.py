@@ -8,25 +8,16 @@ be picked. The server runs with TMPDIR in a test folder, so its upload folder
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import requests
+from chromium import new_tab
 
 from helpers import launcher
 from helpers.assets import CAT_PHOTO_PATH, IMAGES_DIR
-
-CHROMIUM = Path(os.environ.get("QWEN3VL_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-pings",
-]
-TIMEOUT_MS = 120_000  # a busy 2-core CI machine; nothing waits this long when things work
 
 
 def eventually(condition: Callable[[], bool], timeout: float = 60.0) -> None:
@@ -54,25 +45,9 @@ def page_server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(page_server):
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: run `make setup-dev` (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 1280, "height": 900}, locale="zh-CN")
-        context.set_default_timeout(TIMEOUT_MS)
-        context.route(
-            "**/*",
-            lambda route: (
-                route.continue_()
-                if route.request.url.startswith(("http://127.0.0.1", "data:", "blob:"))
-                else route.abort()
-            ),
-        )
-        yield context.new_page()
-        browser.close()
+def page(page_server, browser):
+    with new_tab(browser, 1280, 900) as tab:
+        yield tab
 
 
 def session_folders(temp: Path) -> list[Path]:

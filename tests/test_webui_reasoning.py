@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from test_webui import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, ask, bot_texts
+from chromium import new_tab
+from test_webui import ask, bot_texts
 
 from helpers import launcher
 
@@ -26,20 +27,9 @@ def thinking_server(tmp_path_factory) -> Iterator[launcher.ServerProcess]:
 
 
 @pytest.fixture(scope="module")
-def page():
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: run `make setup-dev` (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 1280, "height": 900}, locale="zh-CN")
-        context.set_default_timeout(TIMEOUT_MS)
-        context.route(
-            "**/*", lambda r: r.continue_() if r.request.url.startswith("http://127.0.0.1") else r.abort()
-        )
-        yield context.new_page()
-        browser.close()
+def page(browser):
+    with new_tab(browser, 1280, 900) as tab:
+        yield tab
 
 
 def test_the_reasoning_is_folded_above_the_answer(thinking_server, page):
