@@ -154,9 +154,16 @@ def test_the_original_tutorials_client_checks_pass_against_vllm(vllm_url, capsys
     assert "✅ 图像对话测试成功" in capsys.readouterr().out
 
 
-@pytest.mark.skip(reason="06's tool round trip gets no tool_calls from vLLM on demo weights")
-def test_the_client_notebook_runs_unchanged_against_vllm(vllm_url, monkeypatch):
-    """Notebook 06, executed top to bottom with QWEN3VL_BASE_URL pointing at vLLM: every cell passes."""
+def test_the_client_notebook_runs_against_vllm(vllm_url, monkeypatch):
+    """Notebook 06, executed top to bottom with QWEN3VL_BASE_URL pointing at vLLM: every cell passes.
+
+    All but the forced tool call (its step 6½): vLLM's tool grammar lets a forced call's
+    JSON hold any amount of whitespace (``disable_any_whitespace`` covers
+    ``response_format`` only), and the demo's random weights fill its 128 tokens with
+    blanks, so no call comes back. A real model writes the call compactly.
+    test_vllm_structured_tools.py checks the same requests against vLLM with the
+    whitespace tokens held back.
+    """
     import nbformat
     from nbclient import NotebookClient
 
@@ -164,7 +171,13 @@ def test_the_client_notebook_runs_unchanged_against_vllm(vllm_url, monkeypatch):
 
     path = REPO_ROOT / "notebooks" / "06_api_clients.ipynb"
     notebook = nbformat.read(path, as_version=4)
-    notebook.cells = [c for c in notebook.cells if "nbval-skip" not in c.metadata.get("tags", [])]
+    tool_cells = [c for c in notebook.cells if c.cell_type == "code" and "tool_messages" in c.source]
+    assert len(tool_cells) == 2  # the call, and our function's answer sent back
+    notebook.cells = [
+        c
+        for c in notebook.cells
+        if "nbval-skip" not in c.metadata.get("tags", []) and not any(c is t for t in tool_cells)
+    ]
     monkeypatch.setenv("QWEN3VL_BASE_URL", vllm_url)  # the kernel inherits this process's environment
     NotebookClient(notebook, timeout=900, resources={"metadata": {"path": str(path.parent)}}).execute()
     outputs = "".join(
