@@ -91,24 +91,27 @@ $(SETUP_STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(MAKE) setup-dev
 	@mkdir -p $(dir $@) && touch $@
 
-# The pytest half and the notebook half run side by side (two processes, one torch thread
-# each, so that two cores are not oversubscribed); the notebooks run one after another
-# (05 and 06 share port 6006's pid file). The notebook log is printed once both are done.
+# The two halves run side by side (two processes, one torch thread each, so that two cores
+# are not oversubscribed): pytest on tests/, and the notebooks (one after another: 05 and 06
+# share port 6006's pid file, on the simulated 4090) followed by the web page's browser tests.
+# The second half's log is printed once both are done.
 TEST_ENV := $(DEMO_ENV) OMP_NUM_THREADS=1
+BROWSER_TESTS := $(wildcard tests/test_webui*.py)
 test: $(SETUP_STAMP)
-	@mkdir -p build; nb=""; \
-	if [ -n "$(NOTEBOOKS)" ]; then \
+	@mkdir -p build; \
+	( nb=0; \
+	  if [ -n "$(NOTEBOOKS)" ]; then \
 		$(TEST_ENV) $(SIM_GPU) $(PYTHON) -m pytest --nbval-lax --nbval-cell-timeout=600 -p no:cacheprovider \
-			$(NOTEBOOKS) > build/nbval.log 2>&1 & nb=$$!; \
-	else \
-		echo "no notebooks yet: skipping the nbval half"; \
-	fi; \
-	$(TEST_ENV) $(PYTHON) -m pytest --durations=25 tests; tests=$$?; notebooks=0; \
-	if [ -n "$$nb" ]; then \
-		wait $$nb || notebooks=$$?; \
-		echo "=== notebooks (nbval) ==="; cat build/nbval.log; \
-	fi; \
-	[ $$tests = 0 ] && [ $$notebooks = 0 ]
+			$(NOTEBOOKS) || nb=$$?; \
+	  else \
+		echo "no notebooks yet: skipping nbval"; \
+	  fi; \
+	  $(TEST_ENV) $(PYTHON) -m pytest -p no:cacheprovider --durations=10 $(BROWSER_TESTS) || nb=$$?; \
+	  exit $$nb ) > build/second-half.log 2>&1 & second=$$!; \
+	$(TEST_ENV) $(PYTHON) -m pytest --durations=25 $(addprefix --ignore=,$(BROWSER_TESTS)) tests; tests=$$?; \
+	wait $$second; other=$$?; \
+	echo "=== notebooks (nbval), then the web page in Chromium ==="; cat build/second-half.log; \
+	[ $$tests = 0 ] && [ $$other = 0 ]
 
 serve:
 	$(PYTHON) -m helpers.server
