@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -131,9 +132,19 @@ def test_the_openai_client_gets_the_v1_url_and_the_key(monkeypatch):
     assert sdk.max_retries == 0
 
 
+def wait_for_exec(process: subprocess.Popen, text: str) -> None:
+    """Until the child's command line shows ``text``: right after fork it is still the parent's."""
+    cmdline = Path(f"/proc/{process.pid}/cmdline")
+    deadline = time.monotonic() + 30
+    while text not in cmdline.read_bytes().decode(errors="replace"):
+        assert time.monotonic() < deadline, f"{text} never started"
+        time.sleep(0.01)
+
+
 def test_a_leftover_pid_file_never_stops_a_program_with_another_command_line(tmp_path):
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
     try:
+        wait_for_exec(other, "time.sleep(60)")
         (tmp_path / "server-5999.pid").write_text(f"{other.pid} {ENTRY_MODULE}\n")
         assert not launcher.stop_leftover(5999, tmp_path)
         assert other.poll() is None  # still running: it is not vLLM
@@ -147,6 +158,7 @@ def test_a_leftover_matching_its_marker_is_stopped(tmp_path):
     leftover = subprocess.Popen(
         [sys.executable, "-c", "import time, sys; time.sleep(60)", marker], start_new_session=True
     )
+    wait_for_exec(leftover, marker)
     (tmp_path / "server-5998.pid").write_text(f"{leftover.pid} {marker}\n")
     assert launcher.stop_leftover(5998, tmp_path)
     assert leftover.wait(timeout=30) is not None
