@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from chromium import new_tab
 from PIL import Image
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from helpers import launcher
 from helpers.assets import CAT_PHOTO_PATH
@@ -201,14 +202,26 @@ def user_texts(page) -> list[str]:
 
 
 def set_max_tokens(page, value: int) -> None:
+    """Type ``value`` into the max_tokens slider's box until the slider holds it.
+
+    On a loaded 2-core machine a typed value was seen not to reach the slider (once in
+    about five runs of the suite; cause not found), so it is typed again, with a
+    screenshot of each miss in results/webui/.
+    """
+    slider = "v => document.querySelector('#max-tokens input[type=range]').value === String(v)"
     if not page.is_visible("#max-tokens"):
         page.click("#sampling button, #sampling .label-wrap")
-    page.fill("#max-tokens input[type=number]", str(value))
-    page.press("#max-tokens input[type=number]", "Enter")
-    page.press("#max-tokens input[type=number]", "Tab")  # Gradio takes the number on blur too
-    page.wait_for_function(  # the slider holds it: the next question is sent with this max_tokens
-        "v => document.querySelector('#max-tokens input[type=range]').value === String(v)", arg=value
-    )
+    for attempt in range(3):
+        page.fill("#max-tokens input[type=number]", str(value))
+        page.press("#max-tokens input[type=number]", "Enter")
+        page.press("#max-tokens input[type=number]", "Tab")  # Gradio takes the number on blur too
+        try:  # the slider holds it: the next question is sent with this max_tokens
+            page.wait_for_function(slider, arg=value, timeout=15_000)
+            return
+        except PlaywrightTimeout:
+            shoot(page, f"max-tokens-not-taken-{attempt}")
+    held = page.eval_on_selector("#max-tokens input[type=range]", "e => e.value")
+    raise AssertionError(f"the max_tokens slider holds {held}, not {value}, after three tries")
 
 
 def stop_is_active(page) -> bool:
