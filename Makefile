@@ -99,15 +99,15 @@ TEST_ENV := $(DEMO_ENV) OMP_NUM_THREADS=1
 BROWSER_TESTS := tests/test_webui.py
 test: $(SETUP_STAMP)
 	@mkdir -p build; \
-	( nb=0; \
+	( failed=0; \
 	  if [ -n "$(NOTEBOOKS)" ]; then \
 		$(TEST_ENV) $(SIM_GPU) $(PYTHON) -m pytest --nbval-lax --nbval-cell-timeout=600 -p no:cacheprovider \
-			$(NOTEBOOKS) || nb=$$?; \
+			$(NOTEBOOKS) || failed=$$?; \
 	  else \
 		echo "no notebooks yet: skipping nbval"; \
 	  fi; \
-	  $(TEST_ENV) $(PYTHON) -m pytest -p no:cacheprovider --durations=10 $(BROWSER_TESTS) || nb=$$?; \
-	  exit $$nb ) > build/second-half.log 2>&1 & second=$$!; \
+	  $(TEST_ENV) $(PYTHON) -m pytest -p no:cacheprovider --durations=10 $(BROWSER_TESTS) || failed=$$?; \
+	  exit $$failed ) > build/second-half.log 2>&1 & second=$$!; \
 	$(TEST_ENV) $(PYTHON) -m pytest --durations=25 $(addprefix --ignore=,$(BROWSER_TESTS)) tests; tests=$$?; \
 	wait $$second; other=$$?; \
 	echo "=== notebooks (nbval), then the web page in Chromium ==="; cat build/second-half.log; \

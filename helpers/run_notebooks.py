@@ -40,6 +40,15 @@ def tutorial_notebooks(folder: Path = NOTEBOOK_DIR) -> list[Path]:
     return sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb"))
 
 
+def runnable(path: Path):
+    """The notebook at ``path`` without its ``nbval-skip`` cells: what nbval and ``make demo`` run."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    nb.cells = [c for c in nb.cells if SKIP_TAG not in c.get("metadata", {}).get("tags", [])]
+    return nb
+
+
 def execute_notebook(
     path: Path, output_dir: Path | None = None, timeout: int = 600
 ) -> tuple[bool, float, str]:
@@ -51,16 +60,9 @@ def execute_notebook(
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
 
-    nb = nbformat.read(path, as_version=4)
-    skipped = [c for c in nb.cells if SKIP_TAG in c.get("metadata", {}).get("tags", [])]
-    for cell in skipped:
-        # Keep the cell visible in the executed copy but do not run it.
-        cell["metadata"]["skip_reason"] = SKIP_TAG
-    runnable = nbformat.v4.new_notebook(metadata=nb.metadata)
-    runnable.cells = [c for c in nb.cells if c not in skipped]
-
+    notebook = runnable(path)
     client = NotebookClient(
-        runnable, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+        notebook, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
     )
     start = time.perf_counter()
     error = ""
@@ -76,7 +78,7 @@ def execute_notebook(
     seconds = time.perf_counter() - start
     output_dir = output_dir or OUTPUT_DIR
     output_dir.mkdir(parents=True, exist_ok=True)
-    nbformat.write(runnable, output_dir / path.name)
+    nbformat.write(notebook, output_dir / path.name)
     return ok, seconds, error
 
 

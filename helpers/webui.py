@@ -637,8 +637,7 @@ def build_page(config: PageConfig) -> gr.Blocks:
         just before could arrive after it and show the old state; this queued step comes last.
         """
         chat = session.display() if session is not None else []
-        line, banner = await refresh_status()
-        return chat, stop_button(bool(session and session.busy)), line, banner
+        return chat, *await after_answer(session)
 
     def clear(session: ChatSession | None):
         if session is not None:

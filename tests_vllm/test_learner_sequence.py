@@ -14,11 +14,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import nbformat
 import pytest
 from nbclient import NotebookClient
 
 from helpers import simulated_gpu
+from helpers.run_notebooks import runnable
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 SEQUENCE = [
@@ -34,13 +34,6 @@ SEQUENCE = [
 # 05 for our server's full-context reservation to compare them with.
 PATHS = {"rtx4090": SEQUENCE, "a100-80g": ["05_fastapi_server", "07_scale_out_vllm"]}
 FIGURES = Path(__file__).resolve().parent.parent / "build" / "simulated-gpu"
-
-
-def runnable(name: str) -> nbformat.NotebookNode:
-    """The notebook without the cells nbval skips (07's two-GPU cell)."""
-    nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
-    nb.cells = [c for c in nb.cells if "nbval-skip" not in c.metadata.get("tags", [])]
-    return nb
 
 
 @pytest.mark.parametrize("card_name", list(PATHS))
@@ -62,7 +55,7 @@ def test_the_learner_sequence_fits_the_card_with_kernels_left_open(card_name, mo
         for name in PATHS[card_name]:
             simulated_gpu.reset_peak()
             client = NotebookClient(
-                runnable(name),
+                runnable(NOTEBOOKS / f"{name}.ipynb"),  # without 07's two-GPU cell
                 timeout=900,
                 kernel_name="python3",
                 shutdown_kernel="immediate",
